@@ -1,0 +1,507 @@
+//! Gong's webhook body and REST API types (shapes from Gong's OpenAPI v2 document).
+//!
+//! Gong adds fields without notice, so every struct is lenient (every field optional) and
+//! lossless (unknown fields are kept in `extra` and written back out). Ids are numeric *strings*
+//! of up to 20 digits; a number where a string is expected is accepted and kept as its digits.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// Unknown fields, kept verbatim.
+pub type Extra = Map<String, Value>;
+
+/// Accepts a JSON string or number and keeps it as a string (ids must never become floats).
+pub fn string_or_number<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::Number(number)) => Ok(Some(number.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a string or number id, found {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The body of a Gong automation-rule webhook: exactly `isTest` and `callData`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    /// True for the rule editor's "test now" deliveries.
+    #[serde(default)]
+    pub is_test: bool,
+    /// The call, in the shape of the API's call object.
+    #[serde(default)]
+    pub call_data: Call,
+    /// Unknown top-level fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Webhook {
+    /// The call id, if the body has one.
+    pub fn call_id(&self) -> Option<&str> {
+        self.call_data.id()
+    }
+}
+
+/// A call as the webhook and `POST /v2/calls/extensive` carry it. Every block is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Call {
+    /// Basic facts: id, title, times, direction, scope...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_data: Option<CallMetaData>,
+    /// CRM objects linked to the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Vec<CallContext>>,
+    /// Participants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parties: Option<Vec<Party>>,
+    /// Analysis: topics, trackers, brief, outline, highlights...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<CallContent>,
+    /// Interaction statistics (kept as Gong sends them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interaction: Option<Value>,
+    /// Comments (kept as Gong sends them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collaboration: Option<Value>,
+    /// Media URLs (kept as Gong sends them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Value>,
+    /// Unknown blocks.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Call {
+    /// `metaData.id`, the call id.
+    pub fn id(&self) -> Option<&str> {
+        self.meta_data.as_ref().and_then(|meta| meta.id.as_deref())
+    }
+
+    /// `metaData.isPrivate`.
+    pub fn is_private(&self) -> bool {
+        self.meta_data
+            .as_ref()
+            .and_then(|meta| meta.is_private)
+            .unwrap_or(false)
+    }
+}
+
+/// `callData.metaData`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallMetaData {
+    /// Call id (numeric string).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<String>,
+    /// Link to the call in Gong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Scheduled start, ISO-8601 with offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<String>,
+    /// Actual start, ISO-8601 with offset (sometimes with microseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Duration in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// Host user id (numeric string).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub primary_user_id: Option<String>,
+    /// `Inbound`, `Outbound`, `Conference`, `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// Conferencing or telephony system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// `Internal`, `External`, `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `Video` or `Audio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
+    /// Language code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Workspace id (numeric string).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workspace_id: Option<String>,
+    /// Private calls are not transcribed by public connectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_private: Option<bool>,
+    /// Meeting link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meeting_url: Option<String>,
+    /// Purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `context[]`: a CRM system and its objects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallContext {
+    /// CRM system name (e.g. `Salesforce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Objects (accounts, opportunities...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<ContextObject>>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One CRM object linked to a call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextObject {
+    /// Object type (`Account`, `Opportunity`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_type: Option<String>,
+    /// Object id in the CRM.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub object_id: Option<String>,
+    /// Fields; a value is any JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<ContextField>>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `fields[]{name, value}` of a CRM object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContextField {
+    /// Field name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Any JSON value.
+    #[serde(default)]
+    pub value: Value,
+}
+
+/// `parties[]`: a participant.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Party {
+    /// Participant id within the call.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<String>,
+    /// Email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Job title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Gong user id, for internal participants.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub user_id: Option<String>,
+    /// Joins `transcript[].speakerId`.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub speaker_id: Option<String>,
+    /// `Internal`, `External`, `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affiliation: Option<String>,
+    /// Phone number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
+    /// Unknown fields (`methods`, `context`...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `content`: Gong's analysis of the call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallContent {
+    /// Topics with time spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<Topic>>,
+    /// Trackers with counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trackers: Option<Vec<Tracker>>,
+    /// One-paragraph summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brief: Option<String>,
+    /// Unknown and untyped blocks (`structure`, `outline`, `highlights`, `callOutcome`,
+    /// `keyPoints`, `pointsOfInterest`...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `content.topics[]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Topic {
+    /// Topic name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Seconds spent on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `content.trackers[]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracker {
+    /// Tracker id.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<String>,
+    /// Tracker name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Occurrences in the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    /// `KEYWORD` or `SMART`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Unknown fields (`occurrences`, `phrases`...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One call's transcript from `POST /v2/calls/transcript`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallTranscript {
+    /// Call id.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub call_id: Option<String>,
+    /// Monologues in order.
+    #[serde(default)]
+    pub transcript: Vec<Monologue>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A speaker's turn.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Monologue {
+    /// Joins `parties[].speakerId`.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub speaker_id: Option<String>,
+    /// Topic of the monologue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Sentences.
+    #[serde(default)]
+    pub sentences: Vec<Sentence>,
+}
+
+/// A sentence; `start` and `end` are milliseconds from the call's start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Sentence {
+    /// Milliseconds from the start of the call.
+    #[serde(default)]
+    pub start: i64,
+    /// Milliseconds from the start of the call.
+    #[serde(default)]
+    pub end: i64,
+    /// Text.
+    #[serde(default)]
+    pub text: String,
+}
+
+/// `records` of every list answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Records {
+    /// Total across pages.
+    #[serde(default)]
+    pub total_records: i64,
+    /// Items on this page.
+    #[serde(default)]
+    pub current_page_size: i64,
+    /// Zero-based page number.
+    #[serde(default)]
+    pub current_page_number: i64,
+    /// Present when more pages follow; goes in the next request's JSON body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `filter` of the call requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallsFilter {
+    /// Call ids to fetch.
+    #[serde(default)]
+    pub call_ids: Vec<String>,
+    /// Lower bound of the call start, ISO-8601.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_date_time: Option<String>,
+    /// Upper bound of the call start, ISO-8601.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_date_time: Option<String>,
+    /// Workspace id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+}
+
+/// Body of `POST /v2/calls/extensive`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensiveRequest {
+    /// Cursor of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Which calls.
+    pub filter: CallsFilter,
+    /// Which blocks (`contentSelector`), as Gong spells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_selector: Option<Value>,
+}
+
+/// Answer of `POST /v2/calls/extensive`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensiveResponse {
+    /// Request id, for Gong support.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Paging.
+    #[serde(default)]
+    pub records: Records,
+    /// Calls on this page.
+    #[serde(default)]
+    pub calls: Vec<Call>,
+}
+
+/// Body of `POST /v2/calls/transcript`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptRequest {
+    /// Cursor of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Which calls.
+    pub filter: CallsFilter,
+}
+
+/// Answer of `POST /v2/calls/transcript`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptResponse {
+    /// Request id, for Gong support.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Paging.
+    #[serde(default)]
+    pub records: Records,
+    /// Transcripts on this page.
+    #[serde(default)]
+    pub call_transcripts: Vec<CallTranscript>,
+}
+
+/// Error answer: `{requestId, errors[...]}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorResponse {
+    /// Request id, for Gong support.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Messages.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_keeps_unknown_fields_and_numeric_ids() {
+        let raw = r#"{"isTest":false,"callData":{"metaData":{"id":7782342274025937895,
+            "started":"2024-01-02T03:04:05.123456-08:00","newField":{"x":1}},
+            "parties":[{"speakerId":"6432345678555530067","name":"A"}],"surprise":[1]}}"#;
+        let webhook: Webhook = serde_json::from_str(raw).unwrap();
+        assert_eq!(webhook.call_id(), Some("7782342274025937895"));
+        let meta = webhook.call_data.meta_data.as_ref().unwrap();
+        assert_eq!(meta.extra["newField"]["x"], 1);
+        assert!(webhook.call_data.extra.contains_key("surprise"));
+        let back = serde_json::to_value(&webhook).unwrap();
+        assert_eq!(back["callData"]["metaData"]["newField"]["x"], 1);
+        assert_eq!(back["callData"]["metaData"]["id"], "7782342274025937895");
+    }
+
+    #[test]
+    fn object_ids_are_rejected() {
+        let raw = r#"{"callData":{"metaData":{"id":{"x":1}}}}"#;
+        assert!(serde_json::from_str::<Webhook>(raw).is_err());
+    }
+}

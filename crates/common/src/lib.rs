@@ -1,0 +1,25 @@
+//! Everything the three stages share, and the only types that cross a process boundary.
+//!
+//! Layout:
+//! - [`names`]: stream, subject, consumer, bucket and header names (the contract of shared/design.md §5).
+//! - [`streams`]: idempotent provisioning of the JetStream streams and KV buckets.
+//! - [`config`]: typed reading of environment variables with errors that name the variable.
+//! - [`gong`]: Gong's webhook and REST API types, lenient and lossless.
+//! - [`event`]: the enriched event published on `GONG_ENRICHED`.
+//! - [`telemetry`]: tracing and the Prometheus recorder.
+//! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
+//! - [`shutdown`]: the SIGINT/SIGTERM future and the exit codes.
+//! - [`nats`]: connecting to NATS and building a bounded JetStream context.
+
+pub mod admin;
+pub mod config;
+pub mod event;
+pub mod gong;
+pub mod names;
+pub mod nats;
+pub mod shutdown;
+pub mod streams;
+pub mod telemetry;
+
+pub use config::{CommonConfig, ConfigError, Env};
+pub use shutdown::{EXIT_CONFIG, EXIT_RUNTIME};

@@ -1,0 +1,106 @@
+//! Stream, subject, consumer, bucket and header names.
+//!
+//! This module is the only place that spells them: every stage, tool and test refers to these
+//! constants. They are part of the interface contract (shared/design.md §5).
+
+/// Source of truth: webhook bodies exactly as Gong sent them.
+pub const STREAM_RAW: &str = "GONG_RAW";
+/// Subjects captured by [`STREAM_RAW`].
+pub const SUBJECTS_RAW: &str = "gong.raw.>";
+/// Real call webhooks (`isTest` false). The enricher consumes only this subject.
+pub const SUBJECT_RAW_CALL: &str = "gong.raw.call";
+/// Deliveries from the rule editor's "test now" (`isTest` true), kept for inspection only.
+pub const SUBJECT_RAW_TEST: &str = "gong.raw.test";
+
+/// Derived, rebuildable: one enriched event per raw call event.
+pub const STREAM_ENRICHED: &str = "GONG_ENRICHED";
+/// Subjects captured by [`STREAM_ENRICHED`].
+pub const SUBJECTS_ENRICHED: &str = "gong.enriched.>";
+/// Enriched call events, consumed by the loader.
+pub const SUBJECT_ENRICHED_CALL: &str = "gong.enriched.call";
+
+/// Events that need a human: payload untouched, reason in headers.
+pub const STREAM_DLQ: &str = "GONG_DLQ";
+/// Subjects captured by [`STREAM_DLQ`].
+pub const SUBJECTS_DLQ: &str = "gong.dlq.>";
+
+/// The stage an event failed in; the dead-letter subject is `gong.dlq.<stage>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Authenticated webhook whose body could not be understood.
+    Ingest,
+    /// Raw event that could not be enriched (call deleted, malformed answer).
+    Enrich,
+    /// Enriched event that could not be turned into rows.
+    Load,
+}
+
+impl Stage {
+    /// Lower-case stage name as used in subjects, headers and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Enrich => "enrich",
+            Stage::Load => "load",
+        }
+    }
+
+    /// Parses the name produced by [`Stage::as_str`].
+    pub fn parse(name: &str) -> Option<Stage> {
+        match name {
+            "ingest" => Some(Stage::Ingest),
+            "enrich" => Some(Stage::Enrich),
+            "load" => Some(Stage::Load),
+            _ => None,
+        }
+    }
+
+    /// The dead-letter subject of this stage.
+    pub fn dlq_subject(self) -> &'static str {
+        match self {
+            Stage::Ingest => "gong.dlq.ingest",
+            Stage::Enrich => "gong.dlq.enrich",
+            Stage::Load => "gong.dlq.load",
+        }
+    }
+}
+
+/// Durable consumer of the enricher on [`STREAM_RAW`], shared by all replicas.
+pub const CONSUMER_ENRICH: &str = "enrich";
+/// Durable consumer of the loader on [`STREAM_ENRICHED`], shared by all replicas.
+pub const CONSUMER_LOAD: &str = "load";
+
+/// KV bucket holding the deployment-wide Gong quota (per second and per UTC day).
+pub const BUCKET_GONG_QUOTA: &str = "gong_quota";
+/// KV bucket where the loader records the sequence range of a batch before writing it.
+pub const BUCKET_LOAD_RANGES: &str = "gong_load_ranges";
+
+/// Message headers set by the stages. `Nats-Msg-Id` (JetStream's dedupe key) is set too.
+pub mod headers {
+    /// Content-derived id of the raw event (lowercase hex SHA-256 of the body).
+    pub const EVENT_ID: &str = "Gong-Event-Id";
+    /// RFC 3339 UTC time at which gong-ingest received the webhook.
+    pub const RECEIVED_AT: &str = "Gong-Received-At";
+    /// `jwt` or `url_token`.
+    pub const AUTH_MODE: &str = "Gong-Auth-Mode";
+    /// Gong call id, where known.
+    pub const CALL_ID: &str = "Gong-Call-Id";
+    /// Stream sequence of the raw event an enriched event derives from.
+    pub const RAW_SEQ: &str = "Gong-Raw-Seq";
+    /// Id of the raw event an enriched event derives from.
+    pub const RAW_EVENT_ID: &str = "Gong-Raw-Event-Id";
+    /// Set on events produced by a replay run: the run's id.
+    pub const REPLAY_RUN: &str = "Gong-Replay-Run";
+    /// Why an event was dead-lettered (a short machine-readable code).
+    pub const DLQ_REASON: &str = "Gong-Dlq-Reason";
+    /// Human-readable detail of the dead-letter reason (never a secret).
+    pub const DLQ_DETAIL: &str = "Gong-Dlq-Detail";
+    /// The stage that dead-lettered the event (`ingest`, `enrich`, `load`).
+    pub const DLQ_STAGE: &str = "Gong-Dlq-Stage";
+    /// Subject the event was on before it was dead-lettered.
+    pub const DLQ_ORIGINAL_SUBJECT: &str = "Gong-Dlq-Original-Subject";
+    /// Stream sequence the event had before it was dead-lettered.
+    pub const DLQ_ORIGINAL_SEQ: &str = "Gong-Dlq-Original-Seq";
+    /// RFC 3339 UTC time of dead-lettering.
+    pub const DLQ_AT: &str = "Gong-Dlq-At";
+}

@@ -1,0 +1,253 @@
+//! Idempotent provisioning of the JetStream streams and KV buckets.
+//!
+//! Each binary calls [`ensure_streams`] at start with the streams it touches. A stream that is
+//! missing is created; one that exists keeps its subjects and has its limits (max age, duplicate
+//! window) brought to the configured values, so a redeploy with new settings takes effect.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::{ConfigError, Env};
+use crate::names;
+
+/// Limits of the three streams, from `STREAM_*` variables.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// `STREAM_REPLICAS` (default 1; 3 in a production cluster).
+    pub replicas: usize,
+    /// `STREAM_RAW_MAX_AGE` (default 365d): the source of truth is kept long.
+    pub raw_max_age: Duration,
+    /// `STREAM_ENRICHED_MAX_AGE` (default 30d): derived, rebuildable by replay.
+    pub enriched_max_age: Duration,
+    /// `STREAM_DLQ_MAX_AGE` (default 90d).
+    pub dlq_max_age: Duration,
+    /// `STREAM_DUPLICATE_WINDOW` (default 24h): exact repeats within it are stored once.
+    pub duplicate_window: Duration,
+    /// `STREAM_STORAGE` `file` (default) or `memory`.
+    pub storage: stream::StorageType,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            replicas: 1,
+            raw_max_age: Duration::from_secs(365 * 24 * 3600),
+            enriched_max_age: Duration::from_secs(30 * 24 * 3600),
+            dlq_max_age: Duration::from_secs(90 * 24 * 3600),
+            duplicate_window: Duration::from_secs(24 * 3600),
+            storage: stream::StorageType::File,
+        }
+    }
+}
+
+impl StreamSettings {
+    /// Reads `STREAM_*` variables over the defaults.
+    pub fn from_env(env: &Env) -> Result<StreamSettings, ConfigError> {
+        let defaults = StreamSettings::default();
+        let replicas = env.positive_or("STREAM_REPLICAS", defaults.replicas)?;
+        if replicas > 5 {
+            return Err(ConfigError::new(
+                "STREAM_REPLICAS",
+                "must be between 1 and 5",
+            ));
+        }
+        let storage = match env.string_or("STREAM_STORAGE", "file").as_str() {
+            "file" => stream::StorageType::File,
+            "memory" => stream::StorageType::Memory,
+            _ => return Err(ConfigError::new("STREAM_STORAGE", "must be file or memory")),
+        };
+        Ok(StreamSettings {
+            replicas,
+            raw_max_age: env.duration_or("STREAM_RAW_MAX_AGE", defaults.raw_max_age)?,
+            enriched_max_age: env
+                .duration_or("STREAM_ENRICHED_MAX_AGE", defaults.enriched_max_age)?,
+            dlq_max_age: env.duration_or("STREAM_DLQ_MAX_AGE", defaults.dlq_max_age)?,
+            duplicate_window: env
+                .duration_or("STREAM_DUPLICATE_WINDOW", defaults.duplicate_window)?,
+            storage,
+        })
+    }
+}
+
+/// One of the pipeline's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `GONG_RAW`.
+    Raw,
+    /// `GONG_ENRICHED`.
+    Enriched,
+    /// `GONG_DLQ`.
+    Dlq,
+}
+
+impl StreamKind {
+    /// All streams.
+    pub const ALL: [StreamKind; 3] = [StreamKind::Raw, StreamKind::Enriched, StreamKind::Dlq];
+
+    /// The stream's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamKind::Raw => names::STREAM_RAW,
+            StreamKind::Enriched => names::STREAM_ENRICHED,
+            StreamKind::Dlq => names::STREAM_DLQ,
+        }
+    }
+
+    /// The stream's configuration under `settings`.
+    pub fn config(self, settings: &StreamSettings) -> stream::Config {
+        let (subjects, max_age, description) = match self {
+            StreamKind::Raw => (
+                names::SUBJECTS_RAW,
+                settings.raw_max_age,
+                "Gong webhook bodies exactly as received (source of truth)",
+            ),
+            StreamKind::Enriched => (
+                names::SUBJECTS_ENRICHED,
+                settings.enriched_max_age,
+                "Gong calls enriched through the REST API (derived, rebuildable)",
+            ),
+            StreamKind::Dlq => (
+                names::SUBJECTS_DLQ,
+                settings.dlq_max_age,
+                "events that need a human; reason in headers, payload untouched",
+            ),
+        };
+        stream::Config {
+            name: self.name().to_string(),
+            subjects: vec![subjects.to_string()],
+            description: Some(description.to_string()),
+            storage: settings.storage,
+            num_replicas: settings.replicas,
+            max_age,
+            duplicate_window: settings.duplicate_window.min(max_age),
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            deny_delete: false,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// Provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The stream could not be created or read.
+    #[error("cannot create stream {stream}: {source}")]
+    CreateStream {
+        /// Stream name.
+        stream: String,
+        /// Cause.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The stream exists but could not be updated to the configured limits.
+    #[error("cannot update stream {stream}: {source}")]
+    UpdateStream {
+        /// Stream name.
+        stream: String,
+        /// Cause.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A KV bucket could not be created or opened.
+    #[error("cannot open key-value bucket {bucket}: {source}")]
+    KeyValue {
+        /// Bucket name.
+        bucket: String,
+        /// Cause.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Creates the streams that are missing and brings the limits of existing ones to `settings`.
+pub async fn ensure_streams(
+    jetstream: &jetstream::Context,
+    settings: &StreamSettings,
+    kinds: &[StreamKind],
+) -> Result<(), ProvisionError> {
+    for kind in kinds {
+        let wanted = kind.config(settings);
+        let mut existing = jetstream
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|err| ProvisionError::CreateStream {
+                stream: wanted.name.clone(),
+                source: err.into(),
+            })?;
+        let info = existing
+            .info()
+            .await
+            .map_err(|err| ProvisionError::CreateStream {
+                stream: wanted.name.clone(),
+                source: err.into(),
+            })?;
+        let current = &info.config;
+        if current.max_age != wanted.max_age
+            || current.duplicate_window != wanted.duplicate_window
+            || current.num_replicas != wanted.num_replicas
+        {
+            let mut updated = current.clone();
+            updated.max_age = wanted.max_age;
+            updated.duplicate_window = wanted.duplicate_window;
+            updated.num_replicas = wanted.num_replicas;
+            jetstream
+                .update_stream(updated)
+                .await
+                .map_err(|err| ProvisionError::UpdateStream {
+                    stream: wanted.name.clone(),
+                    source: err.into(),
+                })?;
+            tracing::info!(stream = %wanted.name, "stream limits updated");
+        }
+    }
+    Ok(())
+}
+
+/// Creates (if missing) and opens a KV bucket.
+///
+/// `jetstream.create_key_value` fails against nats-server 2.9 (it reads an account-info field the
+/// old server does not send), so the bucket's backing stream is created by hand with the settings
+/// a KV bucket needs, then opened with `get_key_value`.
+pub async fn ensure_kv(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    history: i64,
+    max_age: Duration,
+    settings: &StreamSettings,
+) -> Result<jetstream::kv::Store, ProvisionError> {
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: history,
+        max_age,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        storage: settings.storage,
+        num_replicas: settings.replicas,
+        duplicate_window: Duration::from_secs(120).min(if max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            max_age
+        }),
+        ..Default::default()
+    };
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|err| ProvisionError::KeyValue {
+            bucket: bucket.to_string(),
+            source: err.into(),
+        })?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|err| ProvisionError::KeyValue {
+            bucket: bucket.to_string(),
+            source: err.into(),
+        })
+}

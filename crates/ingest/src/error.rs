@@ -1,0 +1,32 @@
+//! gong-ingest's errors, named after the step that failed.
+
+use std::net::SocketAddr;
+
+/// A failure that stops gong-ingest (per-request failures are HTTP answers, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The admin server could not bind.
+    #[error("cannot bind admin server on {addr}: {source}")]
+    BindAdmin {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The webhook listener could not bind.
+    #[error("cannot bind webhook listener on {addr}: {source}")]
+    BindListener {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// NATS could not be reached.
+    #[error(transparent)]
+    Connect(#[from] gong_common::nats::ConnectError),
+    /// Streams could not be provisioned.
+    #[error(transparent)]
+    Provision(#[from] gong_common::streams::ProvisionError),
+}

@@ -1,0 +1,478 @@
+//! The webhook server: routing, body limits, authentication, publishing, answers.
+//!
+//! Every request ends in exactly one of: 202 after JetStream's publish ack (to `GONG_RAW`, or to
+//! `GONG_DLQ` for authentic but unparseable bodies), a 4xx with `{error, reason}` and nothing
+//! stored, or a 503 with `Retry-After` when the ack could not be had. Never a 2xx without an ack.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use gong_common::names::{self, headers, Stage};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::auth::{AuthError, Verifier};
+use crate::config::IngestConfig;
+use crate::metrics;
+
+/// Path of the signed-JWT endpoint.
+pub const JWT_PATH: &str = "/webhooks/gong";
+const TOKEN_PREFIX: &str = "/webhooks/gong/";
+
+/// Shared by every connection.
+pub struct Ingest {
+    pub(crate) verifier: Verifier,
+    pub(crate) jetstream: jetstream::Context,
+    pub(crate) client: async_nats::Client,
+    pub(crate) config: IngestConfig,
+    pub(crate) in_flight: Arc<Semaphore>,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// How a request was authenticated.
+#[derive(Clone, Copy)]
+enum AuthMode {
+    Jwt,
+    UrlToken,
+}
+
+impl AuthMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Jwt => "jwt",
+            AuthMode::UrlToken => "url_token",
+        }
+    }
+}
+
+/// A rejection: status, stable error code and a reason safe to show (no secrets).
+struct Reject {
+    status: StatusCode,
+    error: &'static str,
+    reason: String,
+    outcome: &'static str,
+}
+
+impl Reject {
+    fn new(
+        status: StatusCode,
+        error: &'static str,
+        reason: impl Into<String>,
+        outcome: &'static str,
+    ) -> Reject {
+        Reject {
+            status,
+            error,
+            reason: reason.into(),
+            outcome,
+        }
+    }
+
+    fn unauthorized(err: AuthError) -> Reject {
+        metrics::auth_failure(err.label());
+        Reject::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            err.to_string(),
+            "unauthorized",
+        )
+    }
+
+    fn unavailable(reason: &str, retry_after: u64) -> Reject {
+        let mut reject = Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            reason,
+            "unavailable",
+        );
+        reject.reason = format!("{reason}; retry after {retry_after}s");
+        reject
+    }
+}
+
+impl Ingest {
+    /// Answers one request. Never panics, never errors: every failure is an HTTP answer.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<HttpResponse, Infallible> {
+        let started = Instant::now();
+        let (outcome, response) = match self.handle_inner(request).await {
+            Ok((outcome, response)) => (outcome, response),
+            Err(reject) => {
+                let retry_after = (reject.status == StatusCode::SERVICE_UNAVAILABLE)
+                    .then_some(self.config.retry_after_secs);
+                (reject.outcome, reject_response(&reject, retry_after))
+            }
+        };
+        metrics::request(outcome, started.elapsed());
+        Ok(response)
+    }
+
+    async fn handle_inner(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<(&'static str, HttpResponse), Reject> {
+        let path = request.uri().path();
+        let mode = if path == JWT_PATH || path == "/webhooks/gong/" {
+            AuthMode::Jwt
+        } else if let Some(token) = path.strip_prefix(TOKEN_PREFIX).filter(|t| !t.contains('/')) {
+            if request.method() == Method::POST {
+                // Checked before the body is read; the token itself is never logged.
+                if !self.verifier.url_tokens_enabled() {
+                    return Err(Reject::unauthorized(AuthError::UnknownToken));
+                }
+                self.verifier
+                    .verify_url_token(token)
+                    .map_err(Reject::unauthorized)?;
+            }
+            AuthMode::UrlToken
+        } else {
+            return Err(Reject::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+                "not_found",
+            ));
+        };
+        if request.method() != Method::POST {
+            return Err(Reject::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+                "method_not_allowed",
+            ));
+        }
+
+        // JWT mode: the header is checked for shape and algorithm before the body is read.
+        let authorization = if let AuthMode::Jwt = mode {
+            if !self.verifier.jwt_enabled() {
+                return Err(Reject::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "signed-JWT mode is not configured on this server",
+                    "not_found",
+                ));
+            }
+            let mut values = request.headers().get_all(AUTHORIZATION).iter();
+            let first = values
+                .next()
+                .ok_or_else(|| Reject::unauthorized(AuthError::MissingAuthorization))?;
+            if values.next().is_some() {
+                return Err(Reject::unauthorized(AuthError::MultipleAuthorization));
+            }
+            self.verifier
+                .precheck_jwt(first.as_bytes())
+                .map_err(Reject::unauthorized)?;
+            Some(first.clone())
+        } else {
+            None
+        };
+
+        let _permit = match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                return Err(Reject::unavailable(
+                    "too many requests in flight",
+                    self.config.retry_after_secs,
+                ))
+                .map_err(|mut reject| {
+                    reject.outcome = "overloaded";
+                    reject
+                })
+            }
+        };
+        metrics::in_flight(
+            self.config
+                .max_concurrent_requests
+                .saturating_sub(self.in_flight.available_permits()),
+        );
+
+        let body = self.read_body(request).await?;
+
+        if let Some(authorization) = &authorization {
+            self.verifier
+                .verify_jwt(authorization.as_bytes(), &body)
+                .map_err(Reject::unauthorized)?;
+        }
+
+        let result = self.store(mode, body).await;
+        metrics::in_flight(
+            self.config
+                .max_concurrent_requests
+                .saturating_sub(self.in_flight.available_permits() + 1),
+        );
+        result
+    }
+
+    async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, Reject> {
+        let max = self.config.max_body_bytes;
+        let too_large = || {
+            Reject::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("body exceeds {max} bytes"),
+                "too_large",
+            )
+        };
+        if let Some(length) = request.headers().get(CONTENT_LENGTH) {
+            let declared = length
+                .to_str()
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok());
+            match declared {
+                Some(declared) if declared > max as u64 => return Err(too_large()),
+                Some(_) => {}
+                None => {
+                    return Err(Reject::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "invalid Content-Length",
+                        "bad_request",
+                    ))
+                }
+            }
+        }
+        let limited = Limited::new(request.into_body(), max);
+        match tokio::time::timeout(self.config.body_timeout, limited.collect()).await {
+            Err(_) => Err(Reject::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "body not received in time",
+                "timeout",
+            )),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Ok(Err(_)) => Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "body could not be read",
+                "bad_request",
+            )),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+
+    /// Publishes an authenticated body and answers 202 after the ack.
+    async fn store(
+        &self,
+        mode: AuthMode,
+        body: Bytes,
+    ) -> Result<(&'static str, HttpResponse), Reject> {
+        let event_id = gong_common::event::content_id(&body);
+        let received_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let classified = classify(&body);
+
+        let mut message_headers = async_nats::HeaderMap::new();
+        message_headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id.as_str());
+        message_headers.insert(headers::EVENT_ID, event_id.as_str());
+        message_headers.insert(headers::RECEIVED_AT, received_at.as_str());
+        message_headers.insert(headers::AUTH_MODE, mode.as_str());
+        let (subject, dead_letter_reason) = match &classified {
+            Ok(webhook) => {
+                message_headers.insert(headers::CALL_ID, webhook.call_id.as_str());
+                let subject = if webhook.is_test {
+                    names::SUBJECT_RAW_TEST
+                } else {
+                    names::SUBJECT_RAW_CALL
+                };
+                (subject, None)
+            }
+            Err(reason) => {
+                message_headers.insert(headers::DLQ_REASON, "unparseable_webhook");
+                message_headers.insert(headers::DLQ_DETAIL, reason.as_str());
+                message_headers.insert(headers::DLQ_STAGE, Stage::Ingest.as_str());
+                message_headers.insert(headers::DLQ_AT, received_at.as_str());
+                (Stage::Ingest.dlq_subject(), Some(reason.clone()))
+            }
+        };
+        let body_len = body.len();
+
+        let ack = self.publish(subject, message_headers, body).await?;
+        metrics::body_bytes(body_len);
+
+        let outcome = match (&dead_letter_reason, ack.duplicate) {
+            (Some(_), _) => "dead_lettered",
+            (None, true) => "duplicate",
+            (None, false) => "accepted",
+        };
+        if let Some(reason) = &dead_letter_reason {
+            tracing::warn!(event_id = %event_id, stream_seq = ack.sequence, auth_mode = mode.as_str(), reason = %reason, "authenticated webhook dead-lettered");
+        } else {
+            tracing::debug!(event_id = %event_id, stream_seq = ack.sequence, duplicate = ack.duplicate, subject, "webhook stored");
+        }
+        let mut answer = serde_json::json!({
+            "event_id": event_id,
+            "stream_seq": ack.sequence,
+            "duplicate": ack.duplicate,
+        });
+        if dead_letter_reason.is_some() {
+            answer["dead_lettered"] = true.into();
+            answer["stream"] = names::STREAM_DLQ.into();
+        }
+        Ok((
+            outcome,
+            gong_common::admin::json(StatusCode::ACCEPTED, &answer),
+        ))
+    }
+
+    async fn publish(
+        &self,
+        subject: &'static str,
+        message_headers: async_nats::HeaderMap,
+        body: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, Reject> {
+        let retry_after = self.config.retry_after_secs;
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            metrics::publish_failure("disconnected");
+            return Err(Reject::unavailable("event store unreachable", retry_after));
+        }
+        let started = Instant::now();
+        let deadline = self.config.publish_timeout;
+        let publish = PublishMessage::build()
+            .payload(body)
+            .headers(message_headers);
+        let attempt = async {
+            let pending = self.jetstream.send_publish(subject, publish).await?;
+            pending.await
+        };
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(Ok(ack)) => {
+                metrics::publish(started.elapsed());
+                Ok(ack)
+            }
+            Ok(Err(err)) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                metrics::publish_failure("max_payload");
+                Err(Reject::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "body exceeds the event store's max_payload",
+                    "too_large",
+                ))
+            }
+            Ok(Err(err)) => {
+                metrics::publish_failure("error");
+                tracing::warn!(subject, error = %err, "publish to jetstream failed");
+                Err(Reject::unavailable(
+                    "event store did not acknowledge",
+                    retry_after,
+                ))
+            }
+            Err(_) => {
+                metrics::publish_failure("timeout");
+                tracing::warn!(
+                    subject,
+                    timeout_ms = deadline.as_millis() as u64,
+                    "publish ack timed out"
+                );
+                Err(Reject::unavailable(
+                    "event store did not acknowledge in time",
+                    retry_after,
+                ))
+            }
+        }
+    }
+}
+
+/// What ingest needs from a body: enough to route it. Everything else is the enricher's job.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(rename = "isTest", default)]
+    is_test: Option<bool>,
+    #[serde(rename = "callData")]
+    call_data: Option<ProbeCall>,
+}
+
+#[derive(Deserialize)]
+struct ProbeCall {
+    #[serde(rename = "metaData")]
+    meta_data: Option<ProbeMeta>,
+}
+
+#[derive(Deserialize)]
+struct ProbeMeta {
+    id: Option<serde_json::Value>,
+}
+
+#[derive(Debug)]
+struct Classified {
+    is_test: bool,
+    call_id: String,
+}
+
+/// Routes a body: test delivery or call, with its call id; or why it cannot be understood.
+fn classify(body: &[u8]) -> Result<Classified, String> {
+    let probe: Probe = serde_json::from_slice(body).map_err(|err| {
+        let mut reason = format!("body is not a JSON webhook: {err}");
+        reason.truncate(200);
+        reason
+    })?;
+    let id = probe
+        .call_data
+        .and_then(|call| call.meta_data)
+        .and_then(|meta| meta.id)
+        .ok_or_else(|| "callData.metaData.id is missing".to_string())?;
+    let call_id = match id {
+        serde_json::Value::String(text) if is_call_id(&text) => text,
+        serde_json::Value::Number(number) if number.is_u64() => number.to_string(),
+        _ => return Err("callData.metaData.id is not a numeric call id".to_string()),
+    };
+    Ok(Classified {
+        is_test: probe.is_test.unwrap_or(false),
+        call_id,
+    })
+}
+
+fn is_call_id(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 32 && text.bytes().all(|byte| byte.is_ascii_digit())
+}
+
+fn reject_response(reject: &Reject, retry_after: Option<u64>) -> HttpResponse {
+    let body = serde_json::json!({"error": reject.error, "reason": reject.reason});
+    let mut response = gong_common::admin::json(reject.status, &body);
+    if reject.status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+    }
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_routes_tests_and_calls() {
+        let call = classify(br#"{"isTest":false,"callData":{"metaData":{"id":"123"}}}"#).unwrap();
+        assert!(!call.is_test);
+        assert_eq!(call.call_id, "123");
+        let test = classify(br#"{"isTest":true,"callData":{"metaData":{"id":456}}}"#).unwrap();
+        assert!(test.is_test);
+        assert_eq!(test.call_id, "456");
+    }
+
+    #[test]
+    fn classify_explains_bad_bodies() {
+        assert!(classify(b"not json").unwrap_err().contains("not a JSON"));
+        assert!(classify(b"{}").unwrap_err().contains("missing"));
+        assert!(classify(br#"{"callData":{"metaData":{"id":"12a"}}}"#).is_err());
+        assert!(classify(&[0xff, 0xfe]).is_err());
+        let deep = "[".repeat(10_000);
+        assert!(classify(deep.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! gong-ingest against a real nats-server.
+
+mod support;
+
+mod auth_modes;
+mod outages;
+mod process;

@@ -1,0 +1,13 @@
+//! Test-only helpers shared by every crate's integration tests, the benches and the simulator.
+//!
+//! - [`nats::NatsServer`]: a real `nats-server -js` per test (free port, own store), stoppable
+//!   and restartable on the same port and store, killed and cleaned up on drop.
+//! - [`webhook`]: Gong-shaped webhook bodies and RS256 signing exactly as Gong signs them.
+//! - [`wait`]: polling observable state under a timeout (never sleeping for state).
+
+pub mod nats;
+pub mod wait;
+pub mod webhook;
+
+pub use nats::NatsServer;
+pub use wait::wait_until;

@@ -10,9 +10,13 @@
 //! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
 //! - [`shutdown`]: the SIGINT/SIGTERM future and the exit codes.
 //! - [`nats`]: connecting to NATS and building a bounded JetStream context.
+//! - [`ack`]: the one place where a message's [`ack::Outcome`] becomes ack, nak or dead-letter.
+//! - [`dlq`]: publishing to `GONG_DLQ` with the reason in headers.
 
+pub mod ack;
 pub mod admin;
 pub mod config;
+pub mod dlq;
 pub mod event;
 pub mod gong;
 pub mod names;

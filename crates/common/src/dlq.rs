@@ -92,3 +92,234 @@ pub async fn publish(
         .await
         .map_err(|err| error(err.into()))
 }
+
+/// A dead letter as read back by the operator tools.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    /// Sequence in `GONG_DLQ`.
+    pub seq: u64,
+    /// When it was dead-lettered (stream time, RFC 3339).
+    pub time: String,
+    /// Stage that gave up (`ingest`, `enrich`, `load`).
+    pub stage: String,
+    /// Reason code.
+    pub reason: String,
+    /// Reason detail.
+    pub detail: String,
+    /// Call id, when known.
+    pub call_id: String,
+    /// Subject before dead-lettering.
+    pub original_subject: String,
+    /// Payload size in bytes.
+    pub bytes: usize,
+}
+
+/// An operator tool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// `GONG_DLQ` could not be read.
+    #[error("cannot read {stream}: {source}")]
+    ReadStream {
+        /// Stream name.
+        stream: &'static str,
+        /// Cause.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// No dead letter at that sequence.
+    #[error("no dead letter at sequence {0}")]
+    NotFound(u64),
+    /// The message cannot be redriven (unknown stage or subject).
+    #[error("dead letter {seq} cannot be redriven: {reason}")]
+    NotRedrivable {
+        /// Sequence.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The redrive publish or the delete after it failed.
+    #[error("redrive of {seq} failed: {source}")]
+    Redrive {
+        /// Sequence.
+        seq: u64,
+        /// Cause.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+fn header(message: &async_nats::jetstream::message::StreamMessage, name: &str) -> String {
+    message
+        .headers
+        .get(name)
+        .map(|value| value.as_str().to_string())
+        .unwrap_or_default()
+}
+
+async fn dlq_stream(
+    jetstream: &jetstream::Context,
+) -> Result<jetstream::stream::Stream, ToolError> {
+    jetstream
+        .get_stream(crate::names::STREAM_DLQ)
+        .await
+        .map_err(|err| ToolError::ReadStream {
+            stream: crate::names::STREAM_DLQ,
+            source: err.into(),
+        })
+}
+
+fn entry(message: &async_nats::jetstream::message::StreamMessage) -> Entry {
+    Entry {
+        seq: message.sequence,
+        time: message.time.to_string(),
+        stage: header(message, headers::DLQ_STAGE),
+        reason: header(message, headers::DLQ_REASON),
+        detail: header(message, headers::DLQ_DETAIL),
+        call_id: header(message, headers::CALL_ID),
+        original_subject: header(message, headers::DLQ_ORIGINAL_SUBJECT),
+        bytes: message.payload.len(),
+    }
+}
+
+/// Lists dead letters, oldest first, optionally only those of `stage`, at most `limit`.
+pub async fn list(
+    jetstream: &jetstream::Context,
+    stage: Option<Stage>,
+    limit: usize,
+) -> Result<Vec<Entry>, ToolError> {
+    let mut stream = dlq_stream(jetstream).await?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|err| ToolError::ReadStream {
+            stream: crate::names::STREAM_DLQ,
+            source: err.into(),
+        })?
+        .state
+        .clone();
+    let mut entries = Vec::new();
+    if state.messages == 0 {
+        return Ok(entries);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if entries.len() >= limit {
+            break;
+        }
+        let Ok(message) = stream.get_raw_message(seq).await else {
+            continue; // deleted (redriven or purged) sequences leave gaps
+        };
+        let found = entry(&message);
+        if stage.is_some_and(|wanted| wanted.as_str() != found.stage) {
+            continue;
+        }
+        entries.push(found);
+    }
+    Ok(entries)
+}
+
+/// One dead letter with its headers and payload.
+pub async fn show(
+    jetstream: &jetstream::Context,
+    seq: u64,
+) -> Result<async_nats::jetstream::message::StreamMessage, ToolError> {
+    let stream = dlq_stream(jetstream).await?;
+    stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|_| ToolError::NotFound(seq))
+}
+
+/// Where a dead letter of `stage` goes back to: the subject the failed stage consumes.
+pub fn redrive_subject(stage: Stage, original_subject: &str) -> Option<&'static str> {
+    match stage {
+        // Ingest dead-letters bodies it could not route; enrich re-reads them as calls.
+        Stage::Ingest => Some(crate::names::SUBJECT_RAW_CALL),
+        Stage::Enrich if original_subject == crate::names::SUBJECT_RAW_CALL => {
+            Some(crate::names::SUBJECT_RAW_CALL)
+        }
+        Stage::Load if original_subject == crate::names::SUBJECT_ENRICHED_CALL => {
+            Some(crate::names::SUBJECT_ENRICHED_CALL)
+        }
+        _ => None,
+    }
+}
+
+/// Republishes dead letter `seq` to the subject its stage consumes (payload untouched, dead-letter
+/// headers dropped, `Gong-Redriven-From` set), waits for the ack, then deletes it from `GONG_DLQ`.
+/// Returns the new stream sequence.
+pub async fn redrive(jetstream: &jetstream::Context, seq: u64) -> Result<u64, ToolError> {
+    let stream = dlq_stream(jetstream).await?;
+    let message = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|_| ToolError::NotFound(seq))?;
+    let stage_name = header(&message, headers::DLQ_STAGE);
+    let original_subject = header(&message, headers::DLQ_ORIGINAL_SUBJECT);
+    let stage = Stage::parse(&stage_name).ok_or_else(|| ToolError::NotRedrivable {
+        seq,
+        reason: format!("unknown stage {stage_name:?}"),
+    })?;
+    let subject =
+        redrive_subject(stage, &original_subject).ok_or_else(|| ToolError::NotRedrivable {
+            seq,
+            reason: format!("no stage consumes {original_subject:?}"),
+        })?;
+    let mut message_headers = async_nats::HeaderMap::new();
+    for (name, values) in message.headers.iter() {
+        let name: &str = name.as_ref();
+        if name.starts_with("Gong-Dlq-") || name.starts_with("Nats-") {
+            continue;
+        }
+        for value in values {
+            message_headers.append(name, value.as_str());
+        }
+    }
+    message_headers.insert(REDRIVEN_FROM, seq.to_string().as_str());
+    // A fresh dedupe id: the original id may still be inside the duplicate window.
+    let message_id = format!(
+        "redrive-{seq}-{}",
+        crate::event::content_id(&message.payload)
+    );
+    message_headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
+    let redrive_error = |source: async_nats::Error| ToolError::Redrive { seq, source };
+    let ack = jetstream
+        .publish_with_headers(subject, message_headers, message.payload.clone())
+        .await
+        .map_err(|err| redrive_error(err.into()))?
+        .await
+        .map_err(|err| redrive_error(err.into()))?;
+    stream
+        .delete_message(seq)
+        .await
+        .map_err(|err| redrive_error(err.into()))?;
+    Ok(ack.sequence)
+}
+
+/// Header set on redriven messages: the `GONG_DLQ` sequence they came from.
+pub const REDRIVEN_FROM: &str = "Gong-Redriven-From";
+
+/// Deletes dead letters: one sequence, one stage's subject, or everything. Returns how many.
+pub async fn purge(
+    jetstream: &jetstream::Context,
+    seq: Option<u64>,
+    stage: Option<Stage>,
+) -> Result<u64, ToolError> {
+    let stream = dlq_stream(jetstream).await?;
+    let purge_error = |source: async_nats::Error| ToolError::ReadStream {
+        stream: crate::names::STREAM_DLQ,
+        source,
+    };
+    if let Some(seq) = seq {
+        let deleted = stream
+            .delete_message(seq)
+            .await
+            .map_err(|_| ToolError::NotFound(seq))?;
+        return Ok(u64::from(deleted));
+    }
+    let response = match stage {
+        Some(stage) => stream.purge().filter(stage.dlq_subject()).await,
+        None => stream.purge().await,
+    }
+    .map_err(|err| purge_error(err.into()))?;
+    Ok(response.purged)
+}

@@ -11,10 +11,12 @@
 //! - [`shutdown`]: the SIGINT/SIGTERM future and the exit codes.
 //! - [`nats`]: connecting to NATS and building a bounded JetStream context.
 //! - [`ack`]: the one place where a message's [`ack::Outcome`] becomes ack, nak or dead-letter.
-//! - [`dlq`]: publishing to `GONG_DLQ` with the reason in headers.
+//! - [`dlq`]: publishing to `GONG_DLQ` with the reason in headers, and the operator tools.
+//! - [`cli`]: the `dlq` subcommand every binary offers.
 
 pub mod ack;
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod event;

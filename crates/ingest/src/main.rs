@@ -10,11 +10,23 @@ use gong_common::{Env, EXIT_CONFIG, EXIT_RUNTIME};
 /// GONG_WEBHOOK_URL_TOKENS, INGEST_MAX_BODY_BYTES and the other INGEST_* limits.
 #[derive(Parser)]
 #[command(name = "gong-ingest", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Dead-letter tools: list, show, redrive, purge (uses NATS_URL).
+    Dlq(gong_common::cli::DlqArgs),
+}
 
 fn main() {
-    let _cli = Cli::parse();
+    let cli = Cli::parse();
     let env = Env::from_process();
+    if let Some(Command::Dlq(args)) = cli.command {
+        std::process::exit(gong_common::cli::dlq_main(&env, args));
+    }
     let config = match gong_ingest::IngestConfig::from_env(&env) {
         Ok(config) => config,
         Err(err) => {

@@ -1,0 +1,4 @@
+//! gong-common against a real nats-server: provisioning, settling, dead-letter tools.
+
+mod dlq_tools;
+mod provisioning;

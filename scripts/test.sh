@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`.ci/run` calls this script):
+# set-up of missing tools, formatting, lints, every crate's unit and integration tests against
+# real nats-server processes, the deployment checks, and the benchmarks in quick mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --test
+export PATH="$PATH:/usr/sbin"
+if [ "${CI:-}" = "true" ]; then
+  # Cold builds on 2 cores: incremental artefacts only cost time in a fresh clone.
+  export CARGO_INCREMENTAL=0
+fi
+export RUST_BACKTRACE=1
+
+step() { echo; echo "==> $*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit and integration tests, real nats-server per test)"
+cargo test --workspace --locked
+
+if [ -x tests/deploy/check.sh ]; then
+  step "deployment checks (kustomize render, strict validation, hardening, metric names)"
+  tests/deploy/check.sh
+fi
+
+if [ -x benches/quick.sh ]; then
+  step "benchmarks, quick mode (no assertion on time)"
+  benches/quick.sh
+fi
+
+echo
+echo "all checks passed"

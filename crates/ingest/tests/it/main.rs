@@ -3,5 +3,6 @@
 mod support;
 
 mod auth_modes;
+mod hostile;
 mod outages;
 mod process;

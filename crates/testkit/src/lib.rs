@@ -5,6 +5,7 @@
 //! - [`webhook`]: Gong-shaped webhook bodies and RS256 signing exactly as Gong signs them.
 //! - [`wait`]: polling observable state under a timeout (never sleeping for state).
 
+pub mod gong_double;
 pub mod nats;
 pub mod wait;
 pub mod webhook;

@@ -1,0 +1,1118 @@
+//! A Gong REST API double: an HTTP server (hyper 1, no framework) that answers
+//! `POST /v2/calls/extensive` and `POST /v2/calls/transcript` the way Gong does, with Gong's
+//! limits, so the enricher can be tested for economy and quota safety.
+//!
+//! Gong rules it enforces (shapes from Gong's OpenAPI v2 document, limits as documented):
+//! - **Authentication**: HTTP Basic `accessKey:accessKeySecret`; anything else is answered
+//!   `401 {requestId, errors[...]}` and does not count against the limits.
+//! - **Rate limit per company**: at most [`GongDoubleConfig::rate_per_second`] admitted requests
+//!   in any sliding window of 1000 ms (default 3). A request over it is answered
+//!   `429` with `Retry-After` (whole seconds until the window frees) and counted as a
+//!   *rate violation*. The window holds admitted requests only (a refused request does not
+//!   extend the refusal).
+//! - **Daily quota per company**: at most [`GongDoubleConfig::daily_quota`] admitted requests per
+//!   UTC day (default 10,000). Over it: `429` with `Retry-After` = seconds until the next UTC
+//!   midnight, counted as a *quota violation*.
+//! - **Paging**: 100 records per page (configurable); when more follow, `records.cursor` is set
+//!   and must come back in the next request's **JSON body**. A `cursor` in the query string is
+//!   answered `400` (Gong ignores or refuses it; either way it is a client bug).
+//! - **Empty results are 404**: when no call matches the filter, the answer is
+//!   `404 {requestId, errors:["No calls found corresponding to the provided filters"]}`.
+//! - **Private calls** ([`GongDouble::make_private`]) have `metaData.isPrivate = true` and no
+//!   transcript; **deleted calls** ([`GongDouble::delete_call`]) are absent from every answer.
+//! - `contentSelector` is honoured: `context` (`None`, `Basic`, `Extended`) and each
+//!   `exposedFields` flag decide which blocks a call carries, as in Gong.
+//!
+//! Call data is generated deterministically from the numeric call id (the same id always yields
+//! the same call): metadata with ISO-8601 times with offset and microseconds, parties with
+//! `speakerId`, CRM context, topics, trackers, brief, outline, highlights, interaction stats,
+//! comments and a transcript of several monologues with sentence times in milliseconds.
+//!
+//! Fault injection ([`GongDouble::set_fault`]): the next N admitted requests answer 500, 429
+//! with a given `Retry-After`, slowly, with a truncated JSON body, or 401. Counters
+//! ([`GongDouble::stats`]): requests per endpoint, call ids per request, 429s sent, violations.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Path of the extensive-calls endpoint.
+pub const EXTENSIVE_PATH: &str = "/v2/calls/extensive";
+/// Path of the transcript endpoint.
+pub const TRANSCRIPT_PATH: &str = "/v2/calls/transcript";
+/// Access key the double accepts unless configured otherwise.
+pub const DEFAULT_ACCESS_KEY: &str = "double-access-key";
+/// Access key secret the double accepts unless configured otherwise.
+pub const DEFAULT_ACCESS_KEY_SECRET: &str = "double-access-key-secret";
+/// The `errors[0]` of a 404 answer.
+pub const NO_CALLS_FOUND: &str = "No calls found corresponding to the provided filters";
+
+/// How the double behaves.
+#[derive(Debug, Clone)]
+pub struct GongDoubleConfig {
+    /// Where to listen (default `127.0.0.1:0`, a free port).
+    pub addr: SocketAddr,
+    /// The accepted access key.
+    pub access_key: String,
+    /// The accepted access key secret.
+    pub access_key_secret: String,
+    /// Admitted requests per sliding second (default 3, Gong's default).
+    pub rate_per_second: u32,
+    /// Admitted requests per UTC day (default 10,000, Gong's default).
+    pub daily_quota: u64,
+    /// Records per page (default 100, as Gong).
+    pub page_size: usize,
+    /// Calls that are private from the start.
+    pub private_calls: Vec<String>,
+    /// Calls that are deleted from the start.
+    pub deleted_calls: Vec<String>,
+}
+
+impl Default for GongDoubleConfig {
+    fn default() -> Self {
+        GongDoubleConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            access_key: DEFAULT_ACCESS_KEY.to_string(),
+            access_key_secret: DEFAULT_ACCESS_KEY_SECRET.to_string(),
+            rate_per_second: 3,
+            daily_quota: 10_000,
+            page_size: 100,
+            private_calls: Vec::new(),
+            deleted_calls: Vec::new(),
+        }
+    }
+}
+
+/// A fault to inject into the next admitted requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// `500 {requestId, errors}`.
+    ServerError,
+    /// `429` with `Retry-After: retry_after_secs` (as if another client spent the budget).
+    RateLimited {
+        /// Seconds in `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// The normal answer, after `delay`.
+    Slow(Duration),
+    /// The normal answer with its JSON body cut in half (status 200).
+    TruncatedBody,
+    /// `401`, whatever the credentials (a revoked key). Not counted against the limits.
+    Unauthorized,
+}
+
+/// What the double has seen and answered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GongStats {
+    /// Requests received per path (every request, whatever the answer).
+    pub requests: BTreeMap<String, u64>,
+    /// Distinct call ids asked for, per admitted call request (extensive and transcript).
+    pub call_ids_per_request: Vec<usize>,
+    /// 429 answers sent (limits and injected faults).
+    pub rate_limited_sent: u64,
+    /// Requests that exceeded the sliding-window rate limit.
+    pub rate_violations: u64,
+    /// Requests that exceeded the daily quota.
+    pub quota_violations: u64,
+    /// 401 answers sent.
+    pub unauthorized_sent: u64,
+    /// Injected faults served.
+    pub faults_served: u64,
+    /// Requests currently being answered.
+    pub in_flight: u64,
+    /// Requests admitted today (counted against the daily quota).
+    pub admitted_today: u64,
+}
+
+impl GongStats {
+    /// Requests over any limit (rate or quota): what Gong would hold against the company.
+    pub fn violations(&self) -> u64 {
+        self.rate_violations + self.quota_violations
+    }
+
+    /// Requests received on `path`.
+    pub fn requests_to(&self, path: &str) -> u64 {
+        self.requests.get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests received on both call endpoints.
+    pub fn call_requests(&self) -> u64 {
+        self.requests_to(EXTENSIVE_PATH) + self.requests_to(TRANSCRIPT_PATH)
+    }
+}
+
+struct State {
+    window: VecDeque<Instant>,
+    day: NaiveDate,
+    rate_per_second: u32,
+    daily_quota: u64,
+    faults: VecDeque<Fault>,
+    private: HashSet<String>,
+    deleted: HashSet<String>,
+    stats: GongStats,
+    request_counter: u64,
+}
+
+struct Shared {
+    expected_authorization: String,
+    page_size: usize,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a handler panicked; the counters are still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running Gong double. Dropping it stops accepting connections.
+pub struct GongDouble {
+    /// The bound address.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+}
+
+impl GongDouble {
+    /// Binds `config.addr` and serves until dropped.
+    pub async fn start(config: GongDoubleConfig) -> std::io::Result<GongDouble> {
+        let listener = TcpListener::bind(config.addr).await?;
+        let addr = listener.local_addr()?;
+        let credentials = format!("{}:{}", config.access_key, config.access_key_secret);
+        let shared = Arc::new(Shared {
+            expected_authorization: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            ),
+            page_size: config.page_size.max(1),
+            state: Mutex::new(State {
+                window: VecDeque::new(),
+                day: Utc::now().date_naive(),
+                rate_per_second: config.rate_per_second.max(1),
+                daily_quota: config.daily_quota,
+                faults: VecDeque::new(),
+                private: config.private_calls.into_iter().collect(),
+                deleted: config.deleted_calls.into_iter().collect(),
+                stats: GongStats::default(),
+                request_counter: 0,
+            }),
+        });
+        let shutdown = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, shared.clone(), shutdown.clone()));
+        Ok(GongDouble {
+            addr,
+            shared,
+            shutdown,
+        })
+    }
+
+    /// `http://<addr>`: what `GONG_API_BASE_URL` should be.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> GongStats {
+        self.shared.state().stats.clone()
+    }
+
+    /// The next `count` admitted requests get `fault` (queued after faults already set).
+    pub fn set_fault(&self, fault: Fault, count: usize) {
+        let mut state = self.shared.state();
+        for _ in 0..count {
+            state.faults.push_back(fault.clone());
+        }
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.shared.state().faults.clear();
+    }
+
+    /// Faults still queued.
+    pub fn pending_faults(&self) -> usize {
+        self.shared.state().faults.len()
+    }
+
+    /// From now on, `call_id` is absent from every answer.
+    pub fn delete_call(&self, call_id: &str) {
+        self.shared.state().deleted.insert(call_id.to_string());
+    }
+
+    /// From now on, `call_id` is private: `isPrivate` true and no transcript.
+    pub fn make_private(&self, call_id: &str) {
+        self.shared.state().private.insert(call_id.to_string());
+    }
+
+    /// Changes the limits (the window and today's count are kept).
+    pub fn set_limits(&self, rate_per_second: u32, daily_quota: u64) {
+        let mut state = self.shared.state();
+        state.rate_per_second = rate_per_second.max(1);
+        state.daily_quota = daily_quota;
+    }
+
+    /// Stops accepting connections (also done on drop).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for GongDouble {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let shared = shared.clone();
+        let connection_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = connection_shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.stats.in_flight = state.stats.in_flight.saturating_sub(1);
+    }
+}
+
+/// What the limits decided for one request.
+enum Admission {
+    Admitted {
+        fault: Option<Fault>,
+        request_id: String,
+    },
+    Refused(HttpResponse),
+}
+
+async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> HttpResponse {
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let method = request.method().clone();
+    let authorization = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    {
+        let mut state = shared.state();
+        *state.stats.requests.entry(path.clone()).or_insert(0) += 1;
+        state.stats.in_flight += 1;
+    }
+    let _in_flight = InFlight(shared.clone());
+
+    let (fault, request_id) = match admit(&shared, authorization.as_deref()) {
+        Admission::Refused(response) => return response,
+        Admission::Admitted { fault, request_id } => (fault, request_id),
+    };
+    match &fault {
+        Some(Fault::ServerError) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &request_id,
+                "Internal server error",
+            )
+        }
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            return too_many_requests(&request_id, *retry_after_secs, "Too many requests")
+        }
+        Some(Fault::Slow(delay)) => tokio::time::sleep(*delay).await,
+        _ => {}
+    }
+
+    let endpoint = match path.as_str() {
+        EXTENSIVE_PATH => Endpoint::Extensive,
+        TRANSCRIPT_PATH => Endpoint::Transcript,
+        _ => return error_response(StatusCode::NOT_FOUND, &request_id, "Unknown endpoint"),
+    };
+    if method != Method::POST {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &request_id,
+            "Method not allowed",
+        );
+    }
+    if query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some("cursor"))
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &request_id,
+            "cursor must be sent in the JSON request body, not in the query string",
+        );
+    }
+    let response = answer(&shared, endpoint, &body, &request_id);
+    if fault == Some(Fault::TruncatedBody) {
+        let (parts, full) = response.into_parts();
+        let bytes = match full.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(never) => match never {},
+        };
+        let cut = bytes.slice(..bytes.len() / 2);
+        let mut truncated = Response::from_parts(parts, Full::new(cut));
+        *truncated.status_mut() = StatusCode::OK;
+        return truncated;
+    }
+    response
+}
+
+/// Authentication, injected 401s, the daily quota and the sliding window, in that order.
+fn admit(shared: &Shared, authorization: Option<&str>) -> Admission {
+    let mut state = shared.state();
+    state.request_counter += 1;
+    let request_id = request_id(state.request_counter);
+    if state.faults.front() == Some(&Fault::Unauthorized) {
+        state.faults.pop_front();
+        state.stats.faults_served += 1;
+        state.stats.unauthorized_sent += 1;
+        return Admission::Refused(error_response(
+            StatusCode::UNAUTHORIZED,
+            &request_id,
+            "Invalid credentials",
+        ));
+    }
+    if authorization != Some(shared.expected_authorization.as_str()) {
+        state.stats.unauthorized_sent += 1;
+        return Admission::Refused(error_response(
+            StatusCode::UNAUTHORIZED,
+            &request_id,
+            "Authentication failed: use HTTP Basic with the access key and secret",
+        ));
+    }
+
+    let now = Instant::now();
+    let today = Utc::now().date_naive();
+    if state.day != today {
+        state.day = today;
+        state.stats.admitted_today = 0;
+    }
+    if state.stats.admitted_today >= state.daily_quota {
+        state.stats.quota_violations += 1;
+        state.stats.rate_limited_sent += 1;
+        return Admission::Refused(too_many_requests(
+            &request_id,
+            seconds_until_utc_midnight(Utc::now()),
+            "Daily API quota exceeded",
+        ));
+    }
+    while let Some(oldest) = state.window.front() {
+        if now.duration_since(*oldest) >= Duration::from_secs(1) {
+            state.window.pop_front();
+        } else {
+            break;
+        }
+    }
+    if state.window.len() >= state.rate_per_second as usize {
+        let frees_in = state
+            .window
+            .front()
+            .map(|oldest| Duration::from_secs(1).saturating_sub(now.duration_since(*oldest)))
+            .unwrap_or(Duration::from_secs(1));
+        state.stats.rate_violations += 1;
+        state.stats.rate_limited_sent += 1;
+        return Admission::Refused(too_many_requests(
+            &request_id,
+            frees_in.as_secs_f64().ceil().max(1.0) as u64,
+            "Too many requests: rate limit exceeded",
+        ));
+    }
+    state.window.push_back(now);
+    state.stats.admitted_today += 1;
+    let fault = state.faults.pop_front();
+    if let Some(fault) = &fault {
+        state.stats.faults_served += 1;
+        if matches!(fault, Fault::RateLimited { .. }) {
+            state.stats.rate_limited_sent += 1;
+        }
+    }
+    Admission::Admitted { fault, request_id }
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Extensive,
+    Transcript,
+}
+
+fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) -> HttpResponse {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            request_id,
+            "Request body is not valid JSON",
+        );
+    };
+    let mut call_ids: Vec<String> = Vec::new();
+    let raw_ids = request
+        .pointer("/filter/callIds")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for raw in raw_ids {
+        let id = match raw {
+            Value::String(text) => text,
+            Value::Number(number) => number.to_string(),
+            _ => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    request_id,
+                    "filter.callIds must hold call ids",
+                )
+            }
+        };
+        if id.is_empty() || id.len() > 20 || !id.bytes().all(|byte| byte.is_ascii_digit()) {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                request_id,
+                "filter.callIds must hold numeric call ids of up to 20 digits",
+            );
+        }
+        if !call_ids.contains(&id) {
+            call_ids.push(id);
+        }
+    }
+    let (matching, private) = {
+        let mut state = shared.state();
+        state.stats.call_ids_per_request.push(call_ids.len());
+        let matching: Vec<String> = call_ids
+            .iter()
+            .filter(|id| !state.deleted.contains(*id))
+            .filter(|id| match endpoint {
+                Endpoint::Extensive => true,
+                Endpoint::Transcript => !state.private.contains(*id),
+            })
+            .cloned()
+            .collect();
+        let private: HashSet<String> = matching
+            .iter()
+            .filter(|id| state.private.contains(*id))
+            .cloned()
+            .collect();
+        (matching, private)
+    };
+    let fingerprint = fingerprint(&call_ids);
+    let offset = match request.get("cursor") {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(cursor)) => match decode_cursor(cursor, fingerprint) {
+            Some(offset) => offset,
+            None => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    request_id,
+                    "cursor is invalid or does not belong to this filter",
+                )
+            }
+        },
+        Some(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                request_id,
+                "cursor must be a string",
+            )
+        }
+    };
+    if matching.is_empty() {
+        return error_response(StatusCode::NOT_FOUND, request_id, NO_CALLS_FOUND);
+    }
+    let page_size = shared.page_size;
+    let page: Vec<&String> = matching.iter().skip(offset).take(page_size).collect();
+    let next = offset + page.len();
+    let mut records = json!({
+        "totalRecords": matching.len(),
+        "currentPageSize": page.len(),
+        "currentPageNumber": offset / page_size,
+    });
+    if next < matching.len() {
+        records["cursor"] = Value::String(encode_cursor(next, fingerprint));
+    }
+    let body = match endpoint {
+        Endpoint::Extensive => {
+            let selector = request
+                .get("contentSelector")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let calls: Vec<Value> = page
+                .iter()
+                .map(|id| call_json(id, private.contains(*id), &selector))
+                .collect();
+            json!({"requestId": request_id, "records": records, "calls": calls})
+        }
+        Endpoint::Transcript => {
+            let transcripts: Vec<Value> = page.iter().map(|id| transcript_json(id)).collect();
+            json!({"requestId": request_id, "records": records, "callTranscripts": transcripts})
+        }
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+fn fingerprint(call_ids: &[String]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for id in call_ids {
+        for byte in id.bytes().chain(std::iter::once(b',')) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+fn encode_cursor(offset: usize, fingerprint: u64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{offset}:{fingerprint:x}"))
+}
+
+fn decode_cursor(cursor: &str, fingerprint: u64) -> Option<usize> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (offset, hash) = text.split_once(':')?;
+    (u64::from_str_radix(hash, 16).ok()? == fingerprint)
+        .then(|| offset.parse().ok())
+        .flatten()
+}
+
+fn request_id(counter: u64) -> String {
+    // Gong's request ids look like `4al018gzaztcr8nbukw`: lower-case base 36.
+    let mut value = counter.wrapping_mul(0x9e37_79b9_7f4a_7c15) | (1 << 60);
+    let mut out = String::new();
+    while value > 0 {
+        let digit = (value % 36) as u32;
+        out.push(std::char::from_digit(digit, 36).unwrap_or('0'));
+        value /= 36;
+    }
+    out
+}
+
+fn seconds_until_utc_midnight(now: DateTime<Utc>) -> u64 {
+    let tomorrow = now.date_naive().succ_opt().unwrap_or(now.date_naive());
+    let midnight = Utc.from_utc_datetime(&tomorrow.and_hms_opt(0, 0, 0).unwrap_or_default());
+    (midnight - now).num_seconds().max(1) as u64
+}
+
+fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(status: StatusCode, request_id: &str, message: &str) -> HttpResponse {
+    json_response(
+        status,
+        &json!({"requestId": request_id, "errors": [message]}),
+    )
+}
+
+fn too_many_requests(request_id: &str, retry_after_secs: u64, message: &str) -> HttpResponse {
+    let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, request_id, message);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// A small deterministic generator (SplitMix64) seeded from a call id.
+struct Rng(u64);
+
+impl Rng {
+    fn for_call(call_id: &str) -> Rng {
+        let seed = call_id
+            .parse::<u128>()
+            .map(|value| (value as u64) ^ ((value >> 64) as u64))
+            .unwrap_or_else(|_| fingerprint(&[call_id.to_string()]));
+        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+
+    fn digits(&mut self, len: usize) -> String {
+        let mut out = String::with_capacity(len);
+        out.push(char::from(b'1' + self.below(9) as u8));
+        while out.len() < len {
+            out.push(char::from(b'0' + self.below(10) as u8));
+        }
+        out
+    }
+}
+
+const FIRST_NAMES: &[&str] = &[
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Linus",
+];
+const LAST_NAMES: &[&str] = &[
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman",
+    "Torvalds",
+];
+const COMPANIES: &[&str] = &["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay"];
+const TOPICS: &[&str] = &[
+    "Pricing",
+    "Next Steps",
+    "Product Demo",
+    "Security Review",
+    "Integrations",
+    "Timeline",
+    "Small Talk",
+];
+const TRACKERS: &[&str] = &[
+    "Competitors",
+    "Budget",
+    "Decision Makers",
+    "Objections",
+    "Pricing",
+];
+const SENTENCES: &[&str] = &[
+    "Thanks for making the time today.",
+    "Could you walk me through your current process?",
+    "We mostly export everything to spreadsheets at the moment.",
+    "That is exactly the gap we close.",
+    "What does the rollout timeline look like on your side?",
+    "Security will want to review the data flows first.",
+    "Pricing depends on the number of seats.",
+    "Let us schedule a follow-up with your team next week.",
+];
+const OFFSETS_MINUTES: &[i32] = &[-8 * 60, -5 * 60, 0, 60, 5 * 60 + 30];
+
+struct Person {
+    party_id: String,
+    speaker_id: String,
+    user_id: Option<String>,
+    name: String,
+    email: String,
+    internal: bool,
+}
+
+fn people(rng: &mut Rng) -> Vec<Person> {
+    let count = 2 + rng.below(3) as usize;
+    let company = rng.pick(COMPANIES).to_lowercase();
+    (0..count)
+        .map(|index| {
+            let first = *rng.pick(FIRST_NAMES);
+            let last = *rng.pick(LAST_NAMES);
+            let internal = index == 0 || rng.below(3) == 0;
+            let domain = if internal {
+                "example.com".to_string()
+            } else {
+                format!("{company}.example")
+            };
+            Person {
+                party_id: rng.digits(14),
+                speaker_id: rng.digits(19),
+                user_id: internal.then(|| rng.digits(15)),
+                name: format!("{first} {last}"),
+                email: format!(
+                    "{}.{}@{}",
+                    first.to_lowercase(),
+                    last.to_lowercase(),
+                    domain
+                ),
+                internal,
+            }
+        })
+        .collect()
+}
+
+struct Facts {
+    started: DateTime<FixedOffset>,
+    duration_secs: u64,
+    people: Vec<Person>,
+    company: &'static str,
+    rng: Rng,
+}
+
+fn facts(call_id: &str) -> Facts {
+    let mut rng = Rng::for_call(call_id);
+    let base = Utc
+        .with_ymd_and_hms(2024, 1, 1, 8, 0, 0)
+        .single()
+        .unwrap_or_default();
+    let started_utc = base
+        + chrono::Duration::seconds(rng.below(365 * 24 * 3600) as i64)
+        + chrono::Duration::microseconds(rng.below(1_000_000) as i64);
+    let offset_minutes = *rng.pick(OFFSETS_MINUTES);
+    let offset = FixedOffset::east_opt(offset_minutes * 60)
+        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset is valid"));
+    let duration_secs = 300 + rng.below(3300);
+    let people = people(&mut rng);
+    let company = *rng.pick(COMPANIES);
+    Facts {
+        started: started_utc.with_timezone(&offset),
+        duration_secs,
+        people,
+        company,
+        rng,
+    }
+}
+
+fn iso(time: DateTime<FixedOffset>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%S%.6f%:z").to_string()
+}
+
+fn flag(selector: &Value, pointer: &str) -> bool {
+    selector
+        .pointer(pointer)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// The call object `POST /v2/calls/extensive` returns for `call_id` under `content_selector`
+/// (deterministic: the same id always gives the same call).
+pub fn call_json(call_id: &str, is_private: bool, content_selector: &Value) -> Value {
+    let mut facts = facts(call_id);
+    let rng = &mut facts.rng;
+    let host = &facts.people[0];
+    let scheduled = facts.started - chrono::Duration::seconds(rng.below(300) as i64);
+    let title = format!("{} <> {}: {}", facts.company, "Example", rng.pick(TOPICS));
+    let mut call = json!({
+        "metaData": {
+            "id": call_id,
+            "url": format!("https://app.gong.io/call?id={call_id}"),
+            "title": title,
+            "scheduled": iso(scheduled),
+            "started": iso(facts.started),
+            "duration": facts.duration_secs,
+            "primaryUserId": host.user_id,
+            "direction": *rng.pick(&["Conference", "Outbound", "Inbound"]),
+            "system": *rng.pick(&["Zoom", "Google Meet", "Microsoft Teams", "Outreach"]),
+            "scope": *rng.pick(&["External", "Internal"]),
+            "media": "Video",
+            "language": "eng",
+            "workspaceId": "623457276584334",
+            "sdrDisposition": null,
+            "clientUniqueId": null,
+            "customData": null,
+            "purpose": null,
+            "meetingUrl": format!("https://zoom.us/j/{}", rng.digits(10)),
+            "isPrivate": is_private,
+            "calendarEventId": format!("cal{}", rng.digits(8)),
+        }
+    });
+    let context = content_selector
+        .get("context")
+        .and_then(Value::as_str)
+        .unwrap_or("None");
+    if context == "Basic" || context == "Extended" {
+        let mut account_fields = vec![json!({"name": "Name", "value": facts.company})];
+        let mut opportunity_fields =
+            vec![json!({"name": "Name", "value": format!("{} expansion", facts.company)})];
+        if context == "Extended" {
+            account_fields.push(
+                json!({"name": "Industry", "value": *rng.pick(&["Software", "Retail", "Finance"])}),
+            );
+            account_fields.push(json!({"name": "AnnualRevenue", "value": (rng.below(900) + 100) as f64 * 1_000_000.0}));
+            opportunity_fields
+                .push(json!({"name": "Amount", "value": (rng.below(200) + 10) * 1000}));
+            opportunity_fields.push(json!({"name": "StageName", "value": *rng.pick(&["Discovery", "Proposal", "Negotiation"])}));
+            opportunity_fields.push(json!({"name": "IsClosed", "value": false}));
+            opportunity_fields.push(json!({"name": "CloseDate", "value": "2024-12-31"}));
+        }
+        call["context"] = json!([{
+            "system": "Salesforce",
+            "objects": [
+                {"objectType": "Account", "objectId": format!("001{}", rng.digits(12)), "fields": account_fields},
+                {"objectType": "Opportunity", "objectId": format!("006{}", rng.digits(12)), "fields": opportunity_fields},
+            ]
+        }]);
+    }
+    if flag(content_selector, "/exposedFields/parties") {
+        let parties: Vec<Value> = facts
+            .people
+            .iter()
+            .map(|person| {
+                json!({
+                    "id": person.party_id,
+                    "emailAddress": person.email,
+                    "name": person.name,
+                    "title": if person.internal { "Account Executive" } else { "VP Operations" },
+                    "userId": person.user_id,
+                    "speakerId": person.speaker_id,
+                    "context": [],
+                    "affiliation": if person.internal { "Internal" } else { "External" },
+                    "phoneNumber": null,
+                    "methods": ["Invitee"],
+                })
+            })
+            .collect();
+        call["parties"] = Value::Array(parties);
+    }
+    let duration = facts.duration_secs;
+    let mut content = serde_json::Map::new();
+    if flag(content_selector, "/exposedFields/content/topics") {
+        let topics: Vec<Value> = TOPICS
+            .iter()
+            .take(3 + rng.below(3) as usize)
+            .map(|name| json!({"name": name, "duration": (rng.below(duration / 4) + 10) as f64}))
+            .collect();
+        content.insert("topics".into(), Value::Array(topics));
+    }
+    if flag(content_selector, "/exposedFields/content/trackers") {
+        let trackers: Vec<Value> = TRACKERS
+            .iter()
+            .take(2 + rng.below(3) as usize)
+            .map(|name| {
+                let count = rng.below(5);
+                let occurrences: Vec<Value> = (0..count)
+                    .map(|_| {
+                        json!({
+                            "startTime": rng.below(duration) as f64,
+                            "speakerId": facts.people[rng.below(facts.people.len() as u64) as usize].speaker_id,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "id": rng.digits(18),
+                    "name": name,
+                    "count": count,
+                    "type": *rng.pick(&["KEYWORD", "SMART"]),
+                    "occurrences": occurrences,
+                    "phrases": [],
+                })
+            })
+            .collect();
+        content.insert("trackers".into(), Value::Array(trackers));
+    }
+    if flag(content_selector, "/exposedFields/content/brief") {
+        content.insert(
+            "brief".into(),
+            Value::String(format!(
+                "{} reviewed their reporting workflow and agreed to a follow-up on pricing and security.",
+                facts.company
+            )),
+        );
+    }
+    if flag(content_selector, "/exposedFields/content/outline") {
+        content.insert(
+            "outline".into(),
+            json!([{"section": "Introduction", "startTime": 0.0, "duration": 120.0,
+                    "items": [{"text": "Agenda", "startTime": 15.0}]},
+                   {"section": "Demo", "startTime": 120.0, "duration": (duration / 2) as f64,
+                    "items": [{"text": "Reporting", "startTime": 200.0}]}]),
+        );
+    }
+    if flag(content_selector, "/exposedFields/content/highlights") {
+        content.insert(
+            "highlights".into(),
+            json!([{"title": "Next steps", "items": [{"text": "Send the security questionnaire", "startTimes": [ (duration / 2) as f64 ]}]}]),
+        );
+    }
+    if flag(content_selector, "/exposedFields/content/callOutcome") {
+        content.insert(
+            "callOutcome".into(),
+            json!({"id": rng.digits(6), "category": "Answered", "name": "Follow-up scheduled"}),
+        );
+    }
+    if flag(content_selector, "/exposedFields/content/keyPoints") {
+        content.insert(
+            "keyPoints".into(),
+            json!([{"text": "Budget approved for next quarter"}, {"text": "Security review required"}]),
+        );
+    }
+    if !content.is_empty() {
+        call["content"] = Value::Object(content);
+    }
+    let mut interaction = serde_json::Map::new();
+    if flag(content_selector, "/exposedFields/interaction/speakers") {
+        let speakers: Vec<Value> = facts
+            .people
+            .iter()
+            .map(|person| json!({"id": person.party_id, "userId": person.user_id, "talkTime": (rng.below(duration / 2) + 1) as f64}))
+            .collect();
+        interaction.insert("speakers".into(), Value::Array(speakers));
+    }
+    if flag(
+        content_selector,
+        "/exposedFields/interaction/personInteractionStats",
+    ) {
+        interaction.insert(
+            "interactionStats".into(),
+            json!([{"name": "Interactivity", "value": rng.below(10) as f64},
+                   {"name": "Patience", "value": (rng.below(300) as f64) / 100.0},
+                   {"name": "Talk Ratio", "value": (rng.below(100) as f64) / 100.0}]),
+        );
+    }
+    if flag(content_selector, "/exposedFields/interaction/questions") {
+        interaction.insert(
+            "questions".into(),
+            json!({"companyCount": rng.below(20), "nonCompanyCount": rng.below(20)}),
+        );
+    }
+    if flag(content_selector, "/exposedFields/interaction/video") {
+        interaction.insert(
+            "video".into(),
+            json!([{"name": "Presentation", "duration": (duration / 3) as f64},
+                   {"name": "WebcamPrimaryUser", "duration": (duration / 2) as f64}]),
+        );
+    }
+    if !interaction.is_empty() {
+        call["interaction"] = Value::Object(interaction);
+    }
+    if flag(
+        content_selector,
+        "/exposedFields/collaboration/publicComments",
+    ) {
+        call["collaboration"] = json!({"publicComments": [{
+            "id": rng.digits(18),
+            "audioStartTime": 60.0,
+            "audioEndTime": 75.0,
+            "commenterUserId": facts.people[0].user_id,
+            "comment": "Good discovery question here",
+            "posted": iso(facts.started + chrono::Duration::seconds(duration as i64 + 600)),
+            "inReplyTo": null,
+            "duringCall": false,
+        }]});
+    }
+    if flag(content_selector, "/exposedFields/media") {
+        call["media"] = json!({
+            "audioUrl": format!("https://media.example/{call_id}.mp3"),
+            "videoUrl": format!("https://media.example/{call_id}.mp4"),
+        });
+    }
+    call
+}
+
+/// The `callTranscripts[]` item `POST /v2/calls/transcript` returns for `call_id`
+/// (deterministic; speaker ids join the call's `parties[].speakerId`).
+pub fn transcript_json(call_id: &str) -> Value {
+    let mut facts = facts(call_id);
+    let rng = &mut facts.rng;
+    let monologues = 4 + rng.below(5);
+    let mut clock_ms: u64 = rng.below(3000);
+    let mut transcript = Vec::new();
+    for index in 0..monologues {
+        let speaker = &facts.people[(index as usize) % facts.people.len()];
+        let sentence_count = 1 + rng.below(3);
+        let mut sentences = Vec::new();
+        for _ in 0..sentence_count {
+            let length_ms = 1500 + rng.below(6000);
+            sentences.push(json!({
+                "start": clock_ms,
+                "end": clock_ms + length_ms,
+                "text": *rng.pick(SENTENCES),
+            }));
+            clock_ms += length_ms + rng.below(800);
+        }
+        transcript.push(json!({
+            "speakerId": speaker.speaker_id,
+            "topic": *rng.pick(TOPICS),
+            "sentences": sentences,
+        }));
+    }
+    json!({"callId": call_id, "transcript": transcript})
+}
+
+/// The `contentSelector` that exposes everything (a convenience for tests and the simulator).
+pub fn full_content_selector() -> Value {
+    json!({
+        "context": "Extended",
+        "exposedFields": {
+            "parties": true,
+            "content": {"structure": true, "topics": true, "trackers": true, "trackerOccurrences": true,
+                        "pointsOfInterest": true, "brief": true, "outline": true, "highlights": true,
+                        "callOutcome": true, "keyPoints": true},
+            "interaction": {"speakers": true, "video": true, "personInteractionStats": true, "questions": true},
+            "collaboration": {"publicComments": true},
+            "media": true
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_calls_are_deterministic_and_join_the_transcript() {
+        let selector = full_content_selector();
+        let first = call_json("7782342274025937895", false, &selector);
+        assert_eq!(first, call_json("7782342274025937895", false, &selector));
+        let started = first["metaData"]["started"].as_str().unwrap();
+        assert!(DateTime::parse_from_rfc3339(started).is_ok(), "{started}");
+        assert_eq!(started.split('.').nth(1).unwrap().len(), 12, "{started}");
+        let speakers: HashSet<&str> = first["parties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|party| party["speakerId"].as_str().unwrap())
+            .collect();
+        let transcript = transcript_json("7782342274025937895");
+        for monologue in transcript["transcript"].as_array().unwrap() {
+            assert!(speakers.contains(monologue["speakerId"].as_str().unwrap()));
+        }
+        assert!(first["content"]["brief"].is_string());
+        assert!(first["context"][0]["objects"][0]["fields"].is_array());
+    }
+
+    #[test]
+    fn cursors_are_bound_to_their_filter() {
+        let ids = vec!["1".to_string(), "2".to_string()];
+        let cursor = encode_cursor(100, fingerprint(&ids));
+        assert_eq!(decode_cursor(&cursor, fingerprint(&ids)), Some(100));
+        assert_eq!(decode_cursor(&cursor, fingerprint(&ids[..1])), None);
+        assert_eq!(decode_cursor("garbage", fingerprint(&ids)), None);
+    }
+
+    #[test]
+    fn midnight_is_in_the_future() {
+        let now = Utc::now();
+        let secs = seconds_until_utc_midnight(now);
+        assert!((1..=86_400).contains(&secs));
+    }
+}

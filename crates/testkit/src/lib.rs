@@ -4,9 +4,11 @@
 //!   and restartable on the same port and store, killed and cleaned up on drop.
 //! - [`webhook`]: Gong-shaped webhook bodies and RS256 signing exactly as Gong signs them.
 //! - [`wait`]: polling observable state under a timeout (never sleeping for state).
+//! - [`gong_double`]: the Gong REST API double; [`sim`]: it as the `gong-sim serve` server.
 
 pub mod gong_double;
 pub mod nats;
+pub mod sim;
 pub mod wait;
 pub mod webhook;
 

@@ -1,1 +1,129 @@
-fn main() {}
+//! `gong-enrich`: see the library's docs. This file is glue only.
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use gong_common::{Env, EXIT_CONFIG, EXIT_RUNTIME};
+use gong_enrich::{EnrichConfig, ProgressMode, ReplayOptions, ReplayStart};
+
+/// Enriches raw Gong call webhooks (GONG_RAW, gong.raw.call) through Gong's REST API and
+/// publishes enriched call events (GONG_ENRICHED), batching call ids under one shared quota.
+///
+/// Configuration comes from environment variables: NATS_URL, ADMIN_ADDR, LOG_FORMAT, RUST_LOG,
+/// GONG_API_BASE_URL, GONG_ACCESS_KEY, GONG_ACCESS_KEY_SECRET, GONG_RATE_LIMIT_PER_SECOND,
+/// GONG_DAILY_QUOTA, ENRICH_BATCH_SIZE, ENRICH_BATCH_LINGER, ENRICH_ACK_WAIT, ENRICH_MAX_DELIVER,
+/// ENRICH_MAX_ACK_PENDING, ENRICH_MALFORMED_RETRIES, ENRICH_BACKFILL_DAILY_RESERVE,
+/// ENRICH_CONTENT_SELECTOR and the other ENRICH_* settings.
+#[derive(Parser)]
+#[command(name = "gong-enrich", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Re-drive a range of GONG_RAW through enrichment (new event ids, Gong-Replay-Run header),
+    /// under the shared quota with backfill priority; exits 0 when the range is done.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+#[group(id = "start", required = true, multiple = false)]
+struct StartArgs {
+    /// First GONG_RAW stream sequence to replay.
+    #[arg(long, value_name = "N")]
+    from_seq: Option<u64>,
+    /// Replay events stored at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    since: Option<DateTime<Utc>>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    start: StartArgs,
+    /// Stop at events stored after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    until: Option<DateTime<Utc>>,
+    /// Only replay events of this call id.
+    #[arg(long, value_name = "ID")]
+    call_id: Option<String>,
+    /// Print how many events the range holds; call nothing, publish nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_time(raw: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|err| format!("expected an RFC 3339 time such as 2024-05-01T00:00:00Z: {err}"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let env = Env::from_process();
+    let dry_run = matches!(&cli.command, Some(Command::Replay(args)) if args.dry_run);
+    let loaded = if dry_run {
+        EnrichConfig::from_env_without_credentials(&env)
+    } else {
+        EnrichConfig::from_env(&env)
+    };
+    let config = match loaded {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("gong-enrich: {err}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    gong_common::telemetry::init_tracing(config.common.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("gong-enrich: cannot start the async runtime: {err}");
+            std::process::exit(EXIT_RUNTIME);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let shutdown = gong_common::shutdown::token_from_signals();
+        match cli.command {
+            None => gong_enrich::run(config, shutdown).await,
+            Some(Command::Replay(args)) => {
+                let start = match (args.start.from_seq, args.start.since) {
+                    (Some(seq), _) => ReplayStart::Sequence(seq),
+                    (None, Some(since)) => ReplayStart::Time(since),
+                    // clap's group makes one of the two required.
+                    (None, None) => ReplayStart::Sequence(1),
+                };
+                let options = ReplayOptions {
+                    start,
+                    until: args.until,
+                    call_id: args.call_id,
+                    dry_run: args.dry_run,
+                    progress: ProgressMode::Auto,
+                    run_id: None,
+                };
+                gong_enrich::replay(config, options, shutdown)
+                    .await
+                    .map(|summary| {
+                        if dry_run {
+                            println!("{} events in range", summary.in_range);
+                        } else {
+                            println!(
+                                "replay {} done: {} in range, {} published, {} not found, {} invalid, {} failed",
+                                summary.run_id,
+                                summary.in_range,
+                                summary.published,
+                                summary.not_found,
+                                summary.invalid,
+                                summary.failed
+                            );
+                        }
+                    })
+            }
+        }
+    });
+    if let Err(err) = outcome {
+        tracing::error!(error = %anyhow::Error::from(err), "gong-enrich failed");
+        std::process::exit(EXIT_RUNTIME);
+    }
+}

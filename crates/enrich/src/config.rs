@@ -1,0 +1,394 @@
+//! gong-enrich configuration, read once from the environment before any I/O.
+
+use std::fmt;
+use std::time::Duration;
+
+use gong_common::{CommonConfig, ConfigError, Env};
+use serde_json::Value;
+
+/// How to reach Gong's REST API.
+#[derive(Clone)]
+pub struct GongApiConfig {
+    /// `GONG_API_BASE_URL` (default `https://api.gong.io`), without a trailing slash.
+    pub base_url: String,
+    /// `GONG_ACCESS_KEY` (HTTP Basic user).
+    pub access_key: String,
+    /// `GONG_ACCESS_KEY_SECRET` (HTTP Basic password). Never logged.
+    pub access_key_secret: String,
+    /// `ENRICH_HTTP_TIMEOUT` (default `30s`): one request, connect to last body byte.
+    pub http_timeout: Duration,
+    /// `ENRICH_CONTENT_SELECTOR`: the `contentSelector` JSON sent to `/v2/calls/extensive`
+    /// (default: context `Extended`, parties, content, interaction, collaboration; no media).
+    pub content_selector: Value,
+    /// `ENRICH_REQUEST_RETRIES` (default 4): in-process retries of one request on 429, 5xx,
+    /// timeouts and connection errors, before the batch is handed back to JetStream.
+    pub request_retries: u32,
+    /// `ENRICH_RETRY_BACKOFF_BASE` (default `500ms`): first backoff step.
+    pub retry_backoff_base: Duration,
+    /// `ENRICH_RETRY_BACKOFF_MAX` (default `30s`): backoff cap.
+    pub retry_backoff_max: Duration,
+}
+
+impl fmt::Debug for GongApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GongApiConfig")
+            .field("base_url", &self.base_url)
+            .field("access_key", &"<redacted>")
+            .field("access_key_secret", &"<redacted>")
+            .field("http_timeout", &self.http_timeout)
+            .field("request_retries", &self.request_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The deployment-wide Gong budget (shared by every replica through a KV bucket).
+#[derive(Debug, Clone)]
+pub struct QuotaConfig {
+    /// `GONG_RATE_LIMIT_PER_SECOND` (default 3): requests in any sliding second.
+    pub rate_per_second: u32,
+    /// `GONG_DAILY_QUOTA` (default 10000): requests per UTC day.
+    pub daily_quota: u64,
+    /// `ENRICH_BACKFILL_DAILY_RESERVE` (default `10%`, or a number of requests): the part of the
+    /// daily quota replays never touch, kept for live enrichment.
+    pub backfill_reserve: u64,
+    /// `ENRICH_RATE_LIMIT_MARGIN` (default `100ms`): added to the one-second window to absorb
+    /// network jitter and clock differences between replicas.
+    pub margin: Duration,
+    /// `ENRICH_QUOTA_MAX_HOLD` (default `30s`): a pause ordered by Gong (429 `Retry-After`)
+    /// up to this long is waited out while holding the batch; longer ones hand it back.
+    pub max_hold: Duration,
+}
+
+/// Everything gong-enrich needs. `Debug` never prints the access key or its secret.
+#[derive(Debug, Clone)]
+pub struct EnrichConfig {
+    /// Shared settings (`NATS_URL`, `ADMIN_ADDR`, `LOG_FORMAT`, `STREAM_*`).
+    pub common: CommonConfig,
+    /// Gong's REST API.
+    pub gong: GongApiConfig,
+    /// The shared budget.
+    pub quota: QuotaConfig,
+    /// `ENRICH_BATCH_SIZE` (default 100): raw events per batch, hence call ids per request.
+    pub batch_size: usize,
+    /// `ENRICH_BATCH_LINGER` (default `1s`): how long a pull waits for a batch to fill.
+    pub batch_linger: Duration,
+    /// `ENRICH_ACK_WAIT` (default `60s`): redelivery delay of an unacknowledged raw event.
+    pub ack_wait: Duration,
+    /// `ENRICH_MAX_DELIVER` (default `-1`, unlimited): see [`EnrichConfig::from_env`].
+    pub max_deliver: i64,
+    /// `ENRICH_MAX_ACK_PENDING` (default 1000): raw events in flight across all replicas.
+    pub max_ack_pending: i64,
+    /// `ENRICH_MALFORMED_RETRIES` (default 3): deliveries of an event whose Gong answer could not
+    /// be understood before it is dead-lettered `malformed_response` (the event gets
+    /// `1 + retries` attempts, counted by JetStream's `delivered`).
+    pub malformed_retries: i64,
+    /// `ENRICH_AUTH_RETRY_DELAY` (default `60s`): after a 401/403, raw events are handed back
+    /// with this delay and pulling pauses as long.
+    pub auth_retry_delay: Duration,
+    /// `ENRICH_PENDING_REFRESH` (default `10s`): how often the consumer's pending count is read.
+    pub pending_refresh: Duration,
+    /// `ENRICH_MAX_ACK_INFLIGHT` (default 1024): enriched-event publish acks in flight.
+    pub max_ack_inflight: usize,
+    /// `ENRICH_SHUTDOWN_GRACE` (default `25s`): time the batch in hand gets to finish on shutdown;
+    /// what is left is handed back to JetStream at once.
+    pub shutdown_grace: Duration,
+}
+
+/// The default `contentSelector`.
+pub fn default_content_selector() -> Value {
+    serde_json::json!({
+        "context": "Extended",
+        "exposedFields": {
+            "parties": true,
+            "content": {
+                "topics": true,
+                "trackers": true,
+                "brief": true,
+                "outline": true,
+                "highlights": true,
+                "callOutcome": true,
+                "keyPoints": true
+            },
+            "interaction": {
+                "speakers": true,
+                "personInteractionStats": true,
+                "questions": true,
+                "video": true
+            },
+            "collaboration": {"publicComments": true},
+            "media": false
+        }
+    })
+}
+
+impl EnrichConfig {
+    /// Reads and validates the variables; `GONG_ACCESS_KEY` and `GONG_ACCESS_KEY_SECRET` are
+    /// required.
+    ///
+    /// `ENRICH_MAX_DELIVER` defaults to unlimited (`-1`): JetStream silently stops delivering a
+    /// message after `max_deliver` attempts, and most redeliveries here are not the message's
+    /// fault (Gong down for hours, a revoked key, the daily quota spent). Poison is decided by
+    /// the enricher itself and always dead-lettered: unparseable webhooks and deleted calls at
+    /// once, malformed answers after `ENRICH_MALFORMED_RETRIES`.
+    pub fn from_env(env: &Env) -> Result<EnrichConfig, ConfigError> {
+        EnrichConfig::load(env, true)
+    }
+
+    /// As [`EnrichConfig::from_env`], but Gong credentials may be missing (`replay --dry-run`
+    /// never calls Gong).
+    pub fn from_env_without_credentials(env: &Env) -> Result<EnrichConfig, ConfigError> {
+        EnrichConfig::load(env, false)
+    }
+
+    fn load(env: &Env, require_credentials: bool) -> Result<EnrichConfig, ConfigError> {
+        let common = CommonConfig::from_env(env)?;
+        let base_url = env
+            .string_or("GONG_API_BASE_URL", "https://api.gong.io")
+            .trim_end_matches('/')
+            .to_string();
+        match url_scheme_and_host(&base_url) {
+            Some(("http" | "https", host)) if !host.is_empty() => {}
+            _ => {
+                return Err(ConfigError::new(
+                    "GONG_API_BASE_URL",
+                    "must be an absolute http(s) URL such as https://api.gong.io",
+                ))
+            }
+        }
+        let (access_key, access_key_secret) = if require_credentials {
+            (
+                env.required("GONG_ACCESS_KEY")?,
+                env.required("GONG_ACCESS_KEY_SECRET")?,
+            )
+        } else {
+            (
+                env.string_or("GONG_ACCESS_KEY", ""),
+                env.string_or("GONG_ACCESS_KEY_SECRET", ""),
+            )
+        };
+        let content_selector = match env.get("ENRICH_CONTENT_SELECTOR") {
+            None => default_content_selector(),
+            Some(raw) => match serde_json::from_str::<Value>(raw) {
+                Ok(value @ Value::Object(_)) => value,
+                _ => {
+                    return Err(ConfigError::new(
+                        "ENRICH_CONTENT_SELECTOR",
+                        "must be a JSON object in Gong's contentSelector shape",
+                    ))
+                }
+            },
+        };
+        let retry_backoff_base =
+            env.duration_or("ENRICH_RETRY_BACKOFF_BASE", Duration::from_millis(500))?;
+        let retry_backoff_max =
+            env.duration_or("ENRICH_RETRY_BACKOFF_MAX", Duration::from_secs(30))?;
+        if retry_backoff_base.is_zero() || retry_backoff_max < retry_backoff_base {
+            return Err(ConfigError::new(
+                "ENRICH_RETRY_BACKOFF_MAX",
+                "must be at least ENRICH_RETRY_BACKOFF_BASE, which must be above zero",
+            ));
+        }
+        let gong = GongApiConfig {
+            base_url,
+            access_key,
+            access_key_secret,
+            http_timeout: positive_duration(env, "ENRICH_HTTP_TIMEOUT", Duration::from_secs(30))?,
+            content_selector,
+            request_retries: env.parse_or("ENRICH_REQUEST_RETRIES", 4)?,
+            retry_backoff_base,
+            retry_backoff_max,
+        };
+
+        let rate_per_second: u32 = env.positive_or("GONG_RATE_LIMIT_PER_SECOND", 3)?;
+        let daily_quota: u64 = env.positive_or("GONG_DAILY_QUOTA", 10_000)?;
+        let backfill_reserve = parse_reserve(
+            env.get("ENRICH_BACKFILL_DAILY_RESERVE").unwrap_or("10%"),
+            daily_quota,
+        )
+        .ok_or_else(|| {
+            ConfigError::new(
+                "ENRICH_BACKFILL_DAILY_RESERVE",
+                "must be a percentage such as 10% or a number of requests below GONG_DAILY_QUOTA",
+            )
+        })?;
+        let quota = QuotaConfig {
+            rate_per_second,
+            daily_quota,
+            backfill_reserve,
+            margin: env.duration_or("ENRICH_RATE_LIMIT_MARGIN", Duration::from_millis(100))?,
+            max_hold: env.duration_or("ENRICH_QUOTA_MAX_HOLD", Duration::from_secs(30))?,
+        };
+
+        let batch_size: usize = env.positive_or("ENRICH_BATCH_SIZE", 100)?;
+        if batch_size > 1000 {
+            return Err(ConfigError::new(
+                "ENRICH_BATCH_SIZE",
+                "must be between 1 and 1000",
+            ));
+        }
+        let ack_wait = positive_duration(env, "ENRICH_ACK_WAIT", Duration::from_secs(60))?;
+        if ack_wait < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "ENRICH_ACK_WAIT",
+                "must be at least 1s (progress is reported every third of it)",
+            ));
+        }
+        let max_deliver = match env.get("ENRICH_MAX_DELIVER") {
+            None => -1,
+            Some(raw) if raw.eq_ignore_ascii_case("unlimited") => -1,
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(-1) => -1,
+                Ok(value) if value > 0 => value,
+                _ => {
+                    return Err(ConfigError::new(
+                        "ENRICH_MAX_DELIVER",
+                        "must be a positive number, or -1 / unlimited",
+                    ))
+                }
+            },
+        };
+        let max_ack_pending: i64 = env.positive_or("ENRICH_MAX_ACK_PENDING", 1000)?;
+        if (max_ack_pending as u64) < batch_size as u64 {
+            return Err(ConfigError::new(
+                "ENRICH_MAX_ACK_PENDING",
+                "must be at least ENRICH_BATCH_SIZE",
+            ));
+        }
+        let malformed_retries: i64 = env.parse_or("ENRICH_MALFORMED_RETRIES", 3)?;
+        if malformed_retries < 0 {
+            return Err(ConfigError::new(
+                "ENRICH_MALFORMED_RETRIES",
+                "must be zero or more",
+            ));
+        }
+        Ok(EnrichConfig {
+            common,
+            gong,
+            quota,
+            batch_size,
+            batch_linger: positive_duration(env, "ENRICH_BATCH_LINGER", Duration::from_secs(1))?,
+            ack_wait,
+            max_deliver,
+            max_ack_pending,
+            malformed_retries,
+            auth_retry_delay: positive_duration(
+                env,
+                "ENRICH_AUTH_RETRY_DELAY",
+                Duration::from_secs(60),
+            )?,
+            pending_refresh: positive_duration(
+                env,
+                "ENRICH_PENDING_REFRESH",
+                Duration::from_secs(10),
+            )?,
+            max_ack_inflight: env.positive_or("ENRICH_MAX_ACK_INFLIGHT", 1024)?,
+            shutdown_grace: env.duration_or("ENRICH_SHUTDOWN_GRACE", Duration::from_secs(25))?,
+        })
+    }
+}
+
+fn positive_duration(env: &Env, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let value = env.duration_or(var, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::new(var, "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+fn url_scheme_and_host(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    Some((scheme, host))
+}
+
+/// `10%` of `daily_quota`, or a plain number of requests; `None` when it leaves nothing.
+fn parse_reserve(raw: &str, daily_quota: u64) -> Option<u64> {
+    let raw = raw.trim();
+    let reserve = if let Some(percent) = raw.strip_suffix('%') {
+        let percent: f64 = percent.trim().parse().ok()?;
+        if !(0.0..100.0).contains(&percent) {
+            return None;
+        }
+        (daily_quota as f64 * percent / 100.0).ceil() as u64
+    } else {
+        raw.parse().ok()?
+    };
+    (reserve < daily_quota).then_some(reserve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        let mut env = Env::from_pairs([
+            ("GONG_ACCESS_KEY", "key-123"),
+            ("GONG_ACCESS_KEY_SECRET", "very-secret-456"),
+        ]);
+        for (var, value) in pairs {
+            env.set(*var, *value);
+        }
+        env
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = EnrichConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(config.gong.base_url, "https://api.gong.io");
+        assert_eq!(config.quota.rate_per_second, 3);
+        assert_eq!(config.quota.daily_quota, 10_000);
+        assert_eq!(config.quota.backfill_reserve, 1_000);
+        assert_eq!(config.batch_size, 100);
+        assert_eq!(config.batch_linger, Duration::from_secs(1));
+        assert_eq!(config.ack_wait, Duration::from_secs(60));
+        assert_eq!(config.max_deliver, -1);
+        assert_eq!(config.max_ack_pending, 1000);
+        assert_eq!(config.malformed_retries, 3);
+        assert_eq!(
+            config.gong.content_selector["exposedFields"]["content"]["keyPoints"],
+            true
+        );
+        assert_eq!(
+            config.gong.content_selector["exposedFields"]["media"],
+            false
+        );
+    }
+
+    #[test]
+    fn credentials_are_required_and_never_printed() {
+        let missing = EnrichConfig::from_env(&Env::from_pairs([("GONG_ACCESS_KEY", "k")]));
+        assert_eq!(missing.unwrap_err().var, "GONG_ACCESS_KEY_SECRET");
+        let config = EnrichConfig::from_env(&env(&[])).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("key-123"), "{printed}");
+        assert!(!printed.contains("very-secret-456"), "{printed}");
+        assert!(
+            EnrichConfig::from_env_without_credentials(&Env::from_pairs::<&str, &str>([])).is_ok()
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        for (var, value) in [
+            ("GONG_API_BASE_URL", "api.gong.io"),
+            ("GONG_RATE_LIMIT_PER_SECOND", "0"),
+            ("ENRICH_BATCH_SIZE", "5000"),
+            ("ENRICH_BACKFILL_DAILY_RESERVE", "100%"),
+            ("ENRICH_MAX_DELIVER", "0"),
+            ("ENRICH_CONTENT_SELECTOR", "[1]"),
+            ("ENRICH_ACK_WAIT", "10ms"),
+        ] {
+            let err = EnrichConfig::from_env(&env(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
+    }
+
+    #[test]
+    fn reserve_accepts_percentages_and_counts() {
+        assert_eq!(parse_reserve("10%", 10_000), Some(1_000));
+        assert_eq!(parse_reserve("250", 10_000), Some(250));
+        assert_eq!(parse_reserve("0%", 10), Some(0));
+        assert_eq!(parse_reserve("10", 10), None);
+        assert_eq!(parse_reserve("x", 10), None);
+    }
+}

@@ -1,0 +1,451 @@
+//! Gong's REST API, batched: one `POST /v2/calls/extensive` for many call ids and one
+//! `POST /v2/calls/transcript` for the non-private ones, each following `records.cursor` (sent
+//! in the JSON body) until it is absent. Every request first takes a slot from the shared
+//! [`RateLimiter`]; a 429 records Gong's `Retry-After` there so every replica pauses.
+//!
+//! Answers map back per call: a call absent from the answer (deleted) is simply missing from
+//! [`BatchAnswer::calls`]; a call whose JSON does not fit Gong's documented shape is listed in
+//! [`BatchAnswer::malformed`] without spoiling the others.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use gong_common::gong::{Call, CallTranscript, Monologue, Records};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::GongApiConfig;
+use crate::error::{Endpoint, EnrichError, GongError};
+use crate::metrics;
+use crate::rate_limit::{Priority, RateLimiter};
+
+/// Upper bound on pages followed for one request (a cursor loop is a malformed answer).
+const MAX_PAGES: usize = 1000;
+
+/// A call to enrich: its id and whether the webhook said it was private.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRequest {
+    /// Gong call id (numeric string).
+    pub call_id: String,
+    /// `metaData.isPrivate` from the webhook (the API's answer wins when present).
+    pub webhook_private: bool,
+}
+
+/// What Gong answered for one batch of calls.
+#[derive(Debug, Clone, Default)]
+pub struct BatchAnswer {
+    /// Calls found, by id.
+    pub calls: HashMap<String, Call>,
+    /// Transcripts by call id (absent for private calls and calls without one).
+    pub transcripts: HashMap<String, Vec<Monologue>>,
+    /// Calls whose JSON could not be understood, with why.
+    pub malformed: HashMap<String, String>,
+    /// When the extensive answer arrived.
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// The client; cheap to clone.
+#[derive(Clone)]
+pub struct GongApi {
+    http: reqwest::Client,
+    config: GongApiConfig,
+    limiter: RateLimiter,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    records: Option<Records>,
+    #[serde(default)]
+    calls: Option<Vec<Value>>,
+    #[serde(default, rename = "callTranscripts")]
+    call_transcripts: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<Value>,
+}
+
+/// One page's items and the next cursor.
+struct Page {
+    items: Vec<Value>,
+    cursor: Option<String>,
+}
+
+impl GongApi {
+    /// Builds the HTTP client (Basic auth is added per request; the secret is never logged).
+    pub fn new(config: GongApiConfig, limiter: RateLimiter) -> Result<GongApi, EnrichError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.http_timeout)
+            .connect_timeout(config.http_timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("gong-enrich/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(EnrichError::HttpClient)?;
+        Ok(GongApi {
+            http,
+            config,
+            limiter,
+        })
+    }
+
+    /// The shared limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Fetches calls and transcripts for `requests` (distinct ids), retrying 429, 5xx and
+    /// transport failures in process with capped exponential backoff and jitter. The transcript
+    /// request covers the calls found that are not private.
+    pub async fn fetch_batch(
+        &self,
+        requests: &[CallRequest],
+        priority: Priority,
+    ) -> Result<BatchAnswer, GongError> {
+        let mut seen = HashSet::new();
+        let ids: Vec<String> = requests
+            .iter()
+            .filter(|request| seen.insert(request.call_id.clone()))
+            .map(|request| request.call_id.clone())
+            .collect();
+        let mut answer = BatchAnswer {
+            fetched_at: Utc::now(),
+            ..BatchAnswer::default()
+        };
+        if ids.is_empty() {
+            return Ok(answer);
+        }
+        let items = self
+            .with_retries(|| self.all_pages(Endpoint::Extensive, &ids, priority))
+            .await?;
+        answer.fetched_at = Utc::now();
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        for item in items {
+            let id = item_id(&item, "/metaData/id");
+            match serde_json::from_value::<Call>(item) {
+                Ok(call) => {
+                    if let Some(id) = call.id().filter(|id| wanted.contains(id)) {
+                        answer.calls.insert(id.to_string(), call);
+                    }
+                }
+                Err(err) => match id {
+                    Some(id) => {
+                        answer.malformed.insert(id, format!("call: {err}"));
+                    }
+                    None => {
+                        return Err(GongError::Malformed {
+                            endpoint: Endpoint::Extensive,
+                            detail: format!("a call without a readable id: {err}"),
+                        })
+                    }
+                },
+            }
+        }
+
+        let webhook_private: HashMap<&str, bool> = requests
+            .iter()
+            .map(|request| (request.call_id.as_str(), request.webhook_private))
+            .collect();
+        let transcript_ids: Vec<String> = ids
+            .iter()
+            .filter(|id| {
+                answer.calls.get(*id).is_some_and(|call| {
+                    let private = call
+                        .meta_data
+                        .as_ref()
+                        .and_then(|meta| meta.is_private)
+                        .unwrap_or_else(|| {
+                            webhook_private.get(id.as_str()).copied().unwrap_or(false)
+                        });
+                    !private
+                })
+            })
+            .cloned()
+            .collect();
+        if transcript_ids.is_empty() {
+            return Ok(answer);
+        }
+        let items = self
+            .with_retries(|| self.all_pages(Endpoint::Transcript, &transcript_ids, priority))
+            .await?;
+        let wanted: HashSet<&str> = transcript_ids.iter().map(String::as_str).collect();
+        for item in items {
+            let id = item_id(&item, "/callId");
+            match serde_json::from_value::<CallTranscript>(item) {
+                Ok(transcript) => {
+                    if let Some(id) = transcript.call_id.filter(|id| wanted.contains(id.as_str())) {
+                        answer
+                            .transcripts
+                            .entry(id)
+                            .or_default()
+                            .extend(transcript.transcript);
+                    }
+                }
+                Err(err) => match id {
+                    Some(id) => {
+                        answer.malformed.insert(id, format!("transcript: {err}"));
+                    }
+                    None => {
+                        return Err(GongError::Malformed {
+                            endpoint: Endpoint::Transcript,
+                            detail: format!("a transcript without a readable call id: {err}"),
+                        })
+                    }
+                },
+            }
+        }
+        Ok(answer)
+    }
+
+    async fn with_retries<F, Fut, T>(&self, mut attempt: F) -> Result<T, GongError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, GongError>>,
+    {
+        let mut failures: u32 = 0;
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(err) if err.is_retryable() && failures < self.config.request_retries => {
+                    let delay = match &err {
+                        // The pause is in the shared quota already; the next acquire waits it
+                        // out. A short extra backoff spreads the replicas.
+                        GongError::RateLimited { .. } => jittered(self.config.retry_backoff_base),
+                        _ => backoff(
+                            failures,
+                            self.config.retry_backoff_base,
+                            self.config.retry_backoff_max,
+                        ),
+                    };
+                    failures += 1;
+                    tracing::warn!(error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "gong request failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn all_pages(
+        &self,
+        endpoint: Endpoint,
+        ids: &[String],
+        priority: Priority,
+    ) -> Result<Vec<Value>, GongError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut seen_cursors = HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .page(endpoint, ids, cursor.as_deref(), priority)
+                .await?;
+            items.extend(page.items);
+            match page.cursor {
+                None => return Ok(items),
+                Some(next) => {
+                    if !seen_cursors.insert(next.clone()) {
+                        return Err(GongError::Malformed {
+                            endpoint,
+                            detail: "records.cursor repeats".to_string(),
+                        });
+                    }
+                    cursor = Some(next);
+                }
+            }
+        }
+        Err(GongError::Malformed {
+            endpoint,
+            detail: format!("more than {MAX_PAGES} pages"),
+        })
+    }
+
+    async fn page(
+        &self,
+        endpoint: Endpoint,
+        ids: &[String],
+        cursor: Option<&str>,
+        priority: Priority,
+    ) -> Result<Page, GongError> {
+        let mut body = serde_json::json!({"filter": {"callIds": ids}});
+        if let Endpoint::Extensive = endpoint {
+            body["contentSelector"] = self.config.content_selector.clone();
+        }
+        if let Some(cursor) = cursor {
+            body["cursor"] = Value::String(cursor.to_string());
+        }
+        self.limiter.acquire(priority).await?;
+        metrics::calls_per_request(ids.len());
+        let url = format!("{}{}", self.config.base_url, endpoint.path());
+        let started = Instant::now();
+        let sent = self
+            .http
+            .post(&url)
+            .basic_auth(
+                &self.config.access_key,
+                Some(&self.config.access_key_secret),
+            )
+            .json(&body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(source) => {
+                let label = if source.is_timeout() {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                metrics::api_request(endpoint.label(), label, started.elapsed());
+                return Err(GongError::Transport { endpoint, source });
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                metrics::api_request(endpoint.label(), "error", started.elapsed());
+                return Err(GongError::Transport { endpoint, source });
+            }
+        };
+        metrics::api_request(endpoint.label(), status.as_str(), started.elapsed());
+        tracing::debug!(
+            endpoint = endpoint.label(),
+            status = status.as_u16(),
+            call_ids = ids.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "gong answered"
+        );
+        match status.as_u16() {
+            200..=299 => parse_page(endpoint, &bytes),
+            404 => Ok(Page {
+                items: Vec::new(),
+                cursor: None,
+            }),
+            401 | 403 => Err(GongError::Auth {
+                endpoint,
+                status: status.as_u16(),
+            }),
+            429 => {
+                metrics::rate_limited();
+                let retry_after = retry_after.unwrap_or(Duration::from_secs(1));
+                if let Err(err) = self.limiter.pause_for(retry_after).await {
+                    tracing::warn!(error = %err, "cannot record gong's pause in the quota bucket");
+                }
+                Err(GongError::RateLimited {
+                    endpoint,
+                    retry_after,
+                })
+            }
+            500..=599 => Err(GongError::Server {
+                endpoint,
+                status: status.as_u16(),
+            }),
+            other => {
+                let detail = serde_json::from_slice::<ErrorBody>(&bytes)
+                    .ok()
+                    .and_then(|body| body.errors.into_iter().next())
+                    .map(|error| match error {
+                        Value::String(text) => text,
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_else(|| "no error message".to_string());
+                Err(GongError::Rejected {
+                    endpoint,
+                    status: other,
+                    detail: detail.chars().take(300).collect(),
+                })
+            }
+        }
+    }
+}
+
+fn parse_page(endpoint: Endpoint, bytes: &[u8]) -> Result<Page, GongError> {
+    let envelope: Envelope = serde_json::from_slice(bytes).map_err(|err| GongError::Malformed {
+        endpoint,
+        detail: format!("not the documented JSON envelope: {err}"),
+    })?;
+    let items = match endpoint {
+        Endpoint::Extensive => envelope.calls,
+        Endpoint::Transcript => envelope.call_transcripts,
+    };
+    let Some(items) = items else {
+        return Err(GongError::Malformed {
+            endpoint,
+            detail: "the answer has no items array".to_string(),
+        });
+    };
+    let cursor = envelope
+        .records
+        .and_then(|records| records.cursor)
+        .filter(|cursor| !cursor.is_empty());
+    Ok(Page { items, cursor })
+}
+
+fn item_id(item: &Value, pointer: &str) -> Option<String> {
+    match item.pointer(pointer)? {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// Capped exponential backoff with jitter: `base * 2^failures`, capped, then between half and
+/// all of it.
+pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
+    let exponential = base.saturating_mul(2u32.saturating_pow(failures.min(20)));
+    jittered(exponential.min(max))
+}
+
+fn jittered(delay: Duration) -> Duration {
+    let half = delay / 2;
+    let spread = half.as_millis() as u64;
+    half + Duration::from_millis(rand::rng().random_range(0..=spread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for failures in 0..10 {
+            let delay = backoff(failures, base, max);
+            let ceiling = base.saturating_mul(1 << failures).min(max);
+            assert!(
+                delay <= ceiling && delay >= ceiling / 2,
+                "{failures}: {delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_need_their_items_and_keep_the_cursor() {
+        let page = parse_page(
+            Endpoint::Extensive,
+            br#"{"requestId":"r","records":{"totalRecords":2,"currentPageSize":1,"currentPageNumber":0,"cursor":"c1"},"calls":[{"metaData":{"id":"1"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(page.cursor.as_deref(), Some("c1"));
+        assert_eq!(page.items.len(), 1);
+        assert!(matches!(
+            parse_page(Endpoint::Transcript, br#"{"requestId":"r","records":{}}"#),
+            Err(GongError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_page(Endpoint::Extensive, br#"{"requestId":"r","recor"#),
+            Err(GongError::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,60 @@
+//! gong-enrich's metrics. Names are part of the contract: dashboards depend on them.
+//!
+//! - `gong_enrich_api_requests_total{endpoint,status}`: requests to Gong by answer (`200`, `404`,
+//!   `429`, `500`..., or `timeout` / `error` when no answer came).
+//! - `gong_enrich_api_request_duration_seconds{endpoint}`.
+//! - `gong_enrich_batch_size`: raw events per pulled batch.
+//! - `gong_enrich_calls_per_request`: call ids per Gong request.
+//! - `gong_enrich_quota_remaining_today`, `gong_enrich_quota_exhausted` (0/1).
+//! - `gong_enrich_rate_limited_total`: 429s received from Gong.
+//! - `gong_enrich_events_total{outcome}`: raw events by outcome.
+//! - `gong_enrich_consumer_pending`, `gong_enrich_consumer_ack_pending`: from consumer info.
+//! - `gong_enrich_replay_events_total{outcome}`: events handled by replay runs.
+
+use std::time::Duration;
+
+/// One request to Gong answered with `status` (or failed: `timeout`, `error`).
+pub fn api_request(endpoint: &'static str, status: &str, elapsed: Duration) {
+    metrics::counter!("gong_enrich_api_requests_total", "endpoint" => endpoint, "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("gong_enrich_api_request_duration_seconds", "endpoint" => endpoint)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Call ids in one request.
+pub fn calls_per_request(count: usize) {
+    metrics::histogram!("gong_enrich_calls_per_request").record(count as f64);
+}
+
+/// Raw events in one pulled batch.
+pub fn batch_size(count: usize) {
+    metrics::histogram!("gong_enrich_batch_size").record(count as f64);
+}
+
+/// A 429 from Gong.
+pub fn rate_limited() {
+    metrics::counter!("gong_enrich_rate_limited_total").increment(1);
+}
+
+/// The shared quota as last read: requests left today and whether it is spent.
+pub fn quota(remaining_today: u64, exhausted: bool) {
+    metrics::gauge!("gong_enrich_quota_remaining_today").set(remaining_today as f64);
+    metrics::gauge!("gong_enrich_quota_exhausted").set(if exhausted { 1.0 } else { 0.0 });
+}
+
+/// One raw event settled with `outcome` (`enriched`, `call_not_found`, `malformed_response`,
+/// `unparseable_webhook`, `invalid_call_id`, `retry`, `auth_fault`, `quota_wait`).
+pub fn event(outcome: &'static str) {
+    metrics::counter!("gong_enrich_events_total", "outcome" => outcome).increment(1);
+}
+
+/// The durable consumer's backlog: not yet delivered, and delivered but not acknowledged.
+pub fn consumer_pending(pending: u64, ack_pending: usize) {
+    metrics::gauge!("gong_enrich_consumer_pending").set(pending as f64);
+    metrics::gauge!("gong_enrich_consumer_ack_pending").set(ack_pending as f64);
+}
+
+/// One raw event handled by a replay run with `outcome`.
+pub fn replay_event(outcome: &'static str) {
+    metrics::counter!("gong_enrich_replay_events_total", "outcome" => outcome).increment(1);
+}

@@ -1,0 +1,341 @@
+//! What live enrichment and replays share: reading a raw event, asking Gong about a batch of
+//! them, the per-event [`Verdict`], and publishing the enriched event.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use gong_common::event::{content_id, EnrichedEvent, ENRICHED_SCHEMA_VERSION};
+use gong_common::gong::{Call, Monologue, Webhook};
+use gong_common::names::{self, headers};
+
+use crate::error::{GongError, QuotaError};
+use crate::gong_api::{BatchAnswer, CallRequest, GongApi};
+use crate::rate_limit::Priority;
+
+/// A raw call event as read from `GONG_RAW`.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    /// Content id of the body (`Gong-Event-Id`, or recomputed).
+    pub event_id: String,
+    /// Sequence in `GONG_RAW`.
+    pub stream_seq: u64,
+    /// When gong-ingest received it (`Gong-Received-At`, or the stream's timestamp).
+    pub received_at: DateTime<Utc>,
+    /// JetStream delivery attempt (1 on first delivery).
+    pub delivered: i64,
+    /// The call id, or why the body cannot be enriched.
+    pub call: Result<CallRequest, Invalid>,
+}
+
+/// Why a raw event can never be enriched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// `unparseable_webhook` or `invalid_call_id`.
+    pub reason: &'static str,
+    /// Detail for the dead letter.
+    pub detail: String,
+}
+
+impl RawEvent {
+    /// Reads a message consumed from `GONG_RAW` (never fails: a bad body becomes `Invalid`).
+    pub fn from_message(message: &jetstream::Message) -> RawEvent {
+        let info = message.info().ok();
+        let stream_seq = info.as_ref().map(|info| info.stream_sequence).unwrap_or(0);
+        let delivered = info.as_ref().map(|info| info.delivered).unwrap_or(1);
+        let published = info.as_ref().map(|info| to_utc(&info.published));
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|map| map.get(name))
+                .map(|value| value.as_str().to_string())
+                .filter(|value| !value.is_empty())
+        };
+        let event_id = header(headers::EVENT_ID).unwrap_or_else(|| content_id(&message.payload));
+        let received_at = header(headers::RECEIVED_AT)
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|time| time.with_timezone(&Utc))
+            .or(published)
+            .unwrap_or_else(Utc::now);
+        RawEvent {
+            event_id,
+            stream_seq,
+            received_at,
+            delivered,
+            call: parse_call(&message.payload),
+        }
+    }
+
+    /// The call id, when the body has a valid one.
+    pub fn call_id(&self) -> Option<&str> {
+        self.call.as_ref().ok().map(|call| call.call_id.as_str())
+    }
+}
+
+/// A JetStream timestamp as a chrono UTC time (async-nats uses the `time` crate by default).
+pub fn to_utc(time: &async_nats::datetime::DateTime) -> DateTime<Utc> {
+    let nanos = time.unix_timestamp_nanos();
+    DateTime::from_timestamp(
+        nanos.div_euclid(1_000_000_000) as i64,
+        nanos.rem_euclid(1_000_000_000) as u32,
+    )
+    .unwrap_or_else(Utc::now)
+}
+
+/// A chrono UTC time as a JetStream timestamp.
+pub fn from_utc(time: DateTime<Utc>) -> Result<async_nats::datetime::DateTime, async_nats::Error> {
+    let nanos =
+        i128::from(time.timestamp()) * 1_000_000_000 + i128::from(time.timestamp_subsec_nanos());
+    async_nats::datetime::from_nanos(nanos)
+}
+
+/// Parses a webhook body and checks its call id (digits, at most 20).
+pub fn parse_call(body: &[u8]) -> Result<CallRequest, Invalid> {
+    let webhook: Webhook = serde_json::from_slice(body).map_err(|err| Invalid {
+        reason: "unparseable_webhook",
+        detail: format!("body is not a Gong webhook: {err}"),
+    })?;
+    let Some(call_id) = webhook.call_id() else {
+        return Err(Invalid {
+            reason: "unparseable_webhook",
+            detail: "callData.metaData.id is missing".to_string(),
+        });
+    };
+    if call_id.is_empty() || call_id.len() > 20 || !call_id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Invalid {
+            reason: "invalid_call_id",
+            detail: "callData.metaData.id is not a numeric id of up to 20 digits".to_string(),
+        });
+    }
+    Ok(CallRequest {
+        call_id: call_id.to_string(),
+        webhook_private: webhook.call_data.is_private(),
+    })
+}
+
+/// What happened to one raw event of a batch.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Gong knows the call.
+    Enriched {
+        /// The call from `/v2/calls/extensive`.
+        call: Box<Call>,
+        /// The transcript (`None` for private calls or when Gong has none).
+        transcript: Option<Vec<Monologue>>,
+        /// When Gong answered.
+        fetched_at: DateTime<Utc>,
+    },
+    /// The body can never be enriched (dead-letter at once).
+    Invalid(Invalid),
+    /// Gong does not know the call (deleted): dead-letter `call_not_found`.
+    NotFound,
+    /// Gong's answer could not be understood: limited retries.
+    Malformed {
+        /// What was wrong.
+        detail: String,
+    },
+    /// Gong failed after the in-process retries: hand back for later.
+    Transient {
+        /// What failed.
+        detail: String,
+    },
+    /// 401/403: configuration fault.
+    AuthFault {
+        /// What failed.
+        detail: String,
+    },
+    /// The shared budget is spent or paused: hand back, stop pulling.
+    Blocked {
+        /// When trying again makes sense.
+        retry_in: Duration,
+        /// True when the daily quota is spent (false: Gong's pause).
+        exhausted: bool,
+    },
+}
+
+impl Verdict {
+    /// From a batch-wide failure.
+    pub fn from_error(err: &GongError) -> Verdict {
+        match err {
+            GongError::Auth { .. } => Verdict::AuthFault {
+                detail: err.to_string(),
+            },
+            GongError::Malformed { .. } | GongError::Rejected { .. } => Verdict::Malformed {
+                detail: err.to_string(),
+            },
+            GongError::Quota(QuotaError::Exhausted { resets_in }) => Verdict::Blocked {
+                retry_in: *resets_in,
+                exhausted: true,
+            },
+            GongError::Quota(QuotaError::Paused { remaining }) => Verdict::Blocked {
+                retry_in: *remaining,
+                exhausted: false,
+            },
+            GongError::RateLimited { .. }
+            | GongError::Server { .. }
+            | GongError::Transport { .. }
+            | GongError::Quota(QuotaError::Store(_)) => Verdict::Transient {
+                detail: err.to_string(),
+            },
+        }
+    }
+}
+
+/// Asks Gong about every valid event of `events` in one batch and returns one verdict per
+/// event, in order.
+pub async fn enrich(api: &GongApi, events: &[RawEvent], priority: Priority) -> Vec<Verdict> {
+    let mut seen = HashSet::new();
+    let requests: Vec<CallRequest> = events
+        .iter()
+        .filter_map(|event| event.call.as_ref().ok())
+        .filter(|request| seen.insert(request.call_id.clone()))
+        .cloned()
+        .collect();
+    let answer = if requests.is_empty() {
+        Ok(BatchAnswer::default())
+    } else {
+        api.fetch_batch(&requests, priority).await
+    };
+    events
+        .iter()
+        .map(|event| match (&event.call, &answer) {
+            (Err(invalid), _) => Verdict::Invalid(invalid.clone()),
+            (Ok(_), Err(err)) => Verdict::from_error(err),
+            (Ok(request), Ok(answer)) => verdict_for(&request.call_id, answer),
+        })
+        .collect()
+}
+
+fn verdict_for(call_id: &str, answer: &BatchAnswer) -> Verdict {
+    if let Some(detail) = answer.malformed.get(call_id) {
+        return Verdict::Malformed {
+            detail: detail.clone(),
+        };
+    }
+    match answer.calls.get(call_id) {
+        None => Verdict::NotFound,
+        Some(call) => Verdict::Enriched {
+            transcript: if call.is_private() {
+                None
+            } else {
+                answer.transcripts.get(call_id).cloned()
+            },
+            call: Box::new(call.clone()),
+            fetched_at: answer.fetched_at,
+        },
+    }
+}
+
+/// A replay run's identity, stamped on what it publishes.
+#[derive(Debug, Clone)]
+pub struct ReplayRun {
+    /// The run id (`Gong-Replay-Run`, `replay_run_id`).
+    pub run_id: String,
+}
+
+/// The enriched event for `raw` (live: `event_id` = raw event id; replay: a new id derived from
+/// the raw id and the run id).
+pub fn enriched_event(
+    raw: &RawEvent,
+    call: Call,
+    transcript: Option<Vec<Monologue>>,
+    fetched_at: DateTime<Utc>,
+    replay: Option<&ReplayRun>,
+) -> EnrichedEvent {
+    let event_id = match replay {
+        None => raw.event_id.clone(),
+        Some(run) => content_id(format!("{}:{}", raw.event_id, run.run_id).as_bytes()),
+    };
+    EnrichedEvent {
+        schema_version: ENRICHED_SCHEMA_VERSION,
+        event_id,
+        raw_event_id: raw.event_id.clone(),
+        raw_stream_seq: raw.stream_seq,
+        received_at: raw.received_at,
+        fetched_at,
+        replay_run_id: replay.map(|run| run.run_id.clone()),
+        call,
+        transcript,
+    }
+}
+
+/// Publishes `event` to `gong.enriched.call` with `Nats-Msg-Id` = its event id and the lineage
+/// headers; returns the ack future (the raw event may be acked only once it resolves).
+pub async fn publish_enriched(
+    jetstream: &jetstream::Context,
+    event: &EnrichedEvent,
+) -> Result<PublishAckFuture, async_nats::Error> {
+    let mut message = PublishMessage::build()
+        .message_id(&event.event_id)
+        .header(headers::EVENT_ID, event.event_id.as_str())
+        .header(headers::RAW_EVENT_ID, event.raw_event_id.as_str())
+        .header(headers::RAW_SEQ, event.raw_stream_seq.to_string().as_str())
+        .payload(Bytes::from(event.to_json()));
+    if let Some(call_id) = event.call_id() {
+        message = message.header(headers::CALL_ID, call_id);
+    }
+    if let Some(run_id) = &event.replay_run_id {
+        message = message.header(headers::REPLAY_RUN, run_id.as_str());
+    }
+    Ok(jetstream
+        .send_publish(names::SUBJECT_ENRICHED_CALL, message)
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_are_checked() {
+        let ok = parse_call(&gong_testkit::webhook::call_body(
+            "7782342274025937895",
+            false,
+        ));
+        assert_eq!(ok.unwrap().call_id, "7782342274025937895");
+        assert_eq!(
+            parse_call(b"not json").unwrap_err().reason,
+            "unparseable_webhook"
+        );
+        assert_eq!(
+            parse_call(br#"{"isTest":false,"callData":{"metaData":{"id":"abc"}}}"#)
+                .unwrap_err()
+                .reason,
+            "invalid_call_id"
+        );
+        assert_eq!(
+            parse_call(br#"{"isTest":false,"callData":{}}"#)
+                .unwrap_err()
+                .reason,
+            "unparseable_webhook"
+        );
+    }
+
+    #[test]
+    fn replays_get_new_event_ids() {
+        let raw = RawEvent {
+            event_id: "abc".into(),
+            stream_seq: 3,
+            received_at: Utc::now(),
+            delivered: 1,
+            call: Ok(CallRequest {
+                call_id: "1".into(),
+                webhook_private: false,
+            }),
+        };
+        let live = enriched_event(&raw, Call::default(), None, Utc::now(), None);
+        assert_eq!(live.event_id, "abc");
+        let run = ReplayRun {
+            run_id: "run-1".into(),
+        };
+        let replayed = enriched_event(&raw, Call::default(), None, Utc::now(), Some(&run));
+        assert_ne!(replayed.event_id, "abc");
+        assert_eq!(replayed.raw_event_id, "abc");
+        assert_eq!(replayed.replay_run_id.as_deref(), Some("run-1"));
+    }
+}

@@ -1,0 +1,439 @@
+//! The stage loop: check the shared quota, pull a batch from the durable consumer `enrich`,
+//! ask Gong about it (reporting progress on the held messages meanwhile), publish the enriched
+//! events, and settle every raw event through [`decide`] and `gong_common::ack::settle`.
+//!
+//! Nothing is pulled while the daily quota is spent or Gong ordered a long pause, and nothing
+//! spins: the loop sleeps until the reset (re-checking each minute) with a WARN log and the
+//! `gong_enrich_quota_exhausted` gauge at 1.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, message::AckKind};
+use futures::StreamExt;
+use gong_common::ack::{settle, Outcome};
+use gong_common::admin::Readiness;
+use gong_common::names::{self, Stage};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::config::EnrichConfig;
+use crate::error::{EnrichError, QuotaError};
+use crate::gong_api::{backoff, GongApi};
+use crate::metrics;
+use crate::pipeline::{self, RawEvent, Verdict};
+use crate::rate_limit::Priority;
+
+/// Everything the loop needs.
+pub(crate) struct Worker {
+    pub(crate) config: EnrichConfig,
+    pub(crate) jetstream: jetstream::Context,
+    pub(crate) consumer: PullConsumer,
+    pub(crate) api: GongApi,
+    pub(crate) readiness: Readiness,
+}
+
+/// Creates or updates the durable consumer `enrich` on `gong.raw.call` with the configured
+/// limits. Shared by every replica.
+pub(crate) async fn ensure_consumer(
+    jetstream: &jetstream::Context,
+    config: &EnrichConfig,
+) -> Result<PullConsumer, EnrichError> {
+    let error = |source: async_nats::Error| EnrichError::CreateConsumer {
+        stream: names::STREAM_RAW.to_string(),
+        consumer: names::CONSUMER_ENRICH.to_string(),
+        source,
+    };
+    let stream = jetstream
+        .get_stream(names::STREAM_RAW)
+        .await
+        .map_err(|err| error(err.into()))?;
+    let wanted = jetstream::consumer::pull::Config {
+        durable_name: Some(names::CONSUMER_ENRICH.to_string()),
+        description: Some("gong-enrich: raw call events to enrich (all replicas)".to_string()),
+        filter_subject: names::SUBJECT_RAW_CALL.to_string(),
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver,
+        max_ack_pending: config.max_ack_pending,
+        ..Default::default()
+    };
+    match stream.create_consumer(wanted).await {
+        Ok(consumer) => Ok(consumer),
+        Err(err) => {
+            // An existing consumer whose settings the server refuses to change in place: use
+            // it as it is rather than refuse to start.
+            tracing::warn!(error = %err, consumer = names::CONSUMER_ENRICH, "cannot update the consumer; using it as it is");
+            stream
+                .get_consumer(names::CONSUMER_ENRICH)
+                .await
+                .map_err(error)
+        }
+    }
+}
+
+/// Runs until `shutdown`: finishes the batch in hand (within the grace period), then returns.
+pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(), EnrichError> {
+    let _pending = AbortOnDropHandle::new(tokio::spawn(refresh_pending(
+        worker.jetstream.clone(),
+        worker.config.pending_refresh,
+    )));
+    let mut quota_warned = false;
+    let mut auth_pause_until: Option<Instant> = None;
+    tracing::info!(
+        consumer = names::CONSUMER_ENRICH,
+        batch_size = worker.config.batch_size,
+        rate_per_second = worker.config.quota.rate_per_second,
+        daily_quota = worker.config.quota.daily_quota,
+        "gong-enrich consuming"
+    );
+    while !shutdown.is_cancelled() {
+        match worker.api.limiter().check(Priority::Live).await {
+            Ok(_) => {
+                if quota_warned {
+                    tracing::info!("gong quota available again; resuming");
+                    quota_warned = false;
+                }
+            }
+            Err(err) => {
+                let wait = match &err {
+                    QuotaError::Exhausted { resets_in } => {
+                        if !quota_warned {
+                            tracing::warn!(
+                                resets_in_secs = resets_in.as_secs(),
+                                daily_quota = worker.config.quota.daily_quota,
+                                "daily gong quota spent; not pulling until it resets"
+                            );
+                            quota_warned = true;
+                        }
+                        *resets_in
+                    }
+                    QuotaError::Paused { remaining } => {
+                        if !quota_warned {
+                            tracing::warn!(
+                                remaining_secs = remaining.as_secs(),
+                                "gong asked us to pause; not pulling meanwhile"
+                            );
+                            quota_warned = true;
+                        }
+                        *remaining
+                    }
+                    QuotaError::Store(detail) => {
+                        tracing::warn!(error = %detail, "cannot read the quota bucket");
+                        Duration::from_secs(1)
+                    }
+                };
+                sleep_or_shutdown(wait.min(Duration::from_secs(60)), &shutdown).await;
+                continue;
+            }
+        }
+        if let Some(until) = auth_pause_until {
+            if Instant::now() < until {
+                sleep_or_shutdown(until - Instant::now(), &shutdown).await;
+                continue;
+            }
+        }
+
+        let messages = match pull(&worker, &shutdown).await {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "pull failed; retrying");
+                sleep_or_shutdown(Duration::from_secs(1), &shutdown).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        if shutdown.is_cancelled() {
+            hand_back(&messages).await;
+            break;
+        }
+        metrics::batch_size(messages.len());
+
+        let grace = worker.config.shutdown_grace;
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let report = tokio::select! {
+            report = process_batch(&worker, &messages) => report,
+            _ = deadline => {
+                tracing::warn!(held = messages.len(), "shutdown grace elapsed; handing the batch back");
+                hand_back(&messages).await;
+                break;
+            }
+        };
+        if report.auth_fault {
+            auth_pause_until = Some(Instant::now() + worker.config.auth_retry_delay);
+        } else if report.enriched > 0 {
+            auth_pause_until = None;
+        }
+    }
+    tracing::info!("gong-enrich stopped");
+    Ok(())
+}
+
+async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Up to `batch_size` raw events, or what arrives within `batch_linger`.
+async fn pull(
+    worker: &Worker,
+    shutdown: &CancellationToken,
+) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+    let mut batch = worker
+        .consumer
+        .batch()
+        .max_messages(worker.config.batch_size)
+        .expires(worker.config.batch_linger)
+        .messages()
+        .await?;
+    let mut messages = Vec::new();
+    loop {
+        let next = tokio::select! {
+            next = batch.next() => next,
+            _ = shutdown.cancelled() => break,
+        };
+        match next {
+            None => break,
+            Some(Ok(message)) => messages.push(message),
+            Some(Err(err)) => {
+                if messages.is_empty() {
+                    return Err(err);
+                }
+                tracing::debug!(error = %err, "pull ended early");
+                break;
+            }
+        }
+    }
+    Ok(messages)
+}
+
+/// Naks without delay so another replica takes the events at once.
+async fn hand_back(messages: &[jetstream::Message]) {
+    for message in messages {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+/// What a batch did, for the loop's own state.
+#[derive(Debug, Default)]
+struct BatchReport {
+    enriched: usize,
+    auth_fault: bool,
+}
+
+/// Runs `work` while telling JetStream every `every` that `messages` are still in progress, so
+/// they are not redelivered while we wait on the quota or on Gong.
+async fn with_progress<F: Future>(
+    messages: &[jetstream::Message],
+    every: Duration,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = ticker.tick() => {
+                for message in messages {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+}
+
+/// What to do with one raw event, decided in one place.
+enum Decision {
+    /// Publish this enriched event; ack the raw event after the publish ack.
+    Publish(Box<gong_common::event::EnrichedEvent>),
+    /// Settle with this outcome, counted under `label`.
+    Settle(Outcome, &'static str),
+}
+
+/// Maps a verdict to a decision (the only place where outcomes are chosen).
+fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict) -> Decision {
+    match verdict {
+        Verdict::Enriched {
+            call,
+            transcript,
+            fetched_at,
+        } => Decision::Publish(Box::new(pipeline::enriched_event(
+            event, *call, transcript, fetched_at, None,
+        ))),
+        Verdict::Invalid(invalid) => Decision::Settle(
+            Outcome::Poison {
+                reason: invalid.reason.to_string(),
+                detail: invalid.detail,
+            },
+            invalid.reason,
+        ),
+        Verdict::NotFound => Decision::Settle(
+            Outcome::Poison {
+                reason: "call_not_found".to_string(),
+                detail: format!(
+                    "gong has no call {} (deleted, or not visible to this access key)",
+                    event.call_id().unwrap_or("?")
+                ),
+            },
+            "call_not_found",
+        ),
+        Verdict::Malformed { detail } => {
+            if event.delivered > config.malformed_retries {
+                Decision::Settle(
+                    Outcome::Poison {
+                        reason: "malformed_response".to_string(),
+                        detail,
+                    },
+                    "malformed_response",
+                )
+            } else {
+                tracing::warn!(stream_seq = event.stream_seq, delivered = event.delivered, detail = %detail, "gong answer malformed; will retry");
+                Decision::Settle(
+                    Outcome::Retry {
+                        after: backoff(
+                            event.delivered.max(1) as u32 - 1,
+                            config.gong.retry_backoff_base,
+                            config.gong.retry_backoff_max,
+                        ),
+                    },
+                    "retry",
+                )
+            }
+        }
+        Verdict::Transient { .. } => Decision::Settle(
+            Outcome::Retry {
+                after: backoff(
+                    event.delivered.max(1) as u32,
+                    config.gong.retry_backoff_base,
+                    config.gong.retry_backoff_max,
+                ),
+            },
+            "retry",
+        ),
+        Verdict::AuthFault { .. } => Decision::Settle(
+            Outcome::Retry {
+                after: config.auth_retry_delay,
+            },
+            "auth_fault",
+        ),
+        Verdict::Blocked { retry_in, .. } => Decision::Settle(
+            Outcome::Retry {
+                after: retry_in.min(Duration::from_secs(900)),
+            },
+            "quota_wait",
+        ),
+    }
+}
+
+async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> BatchReport {
+    let events: Vec<RawEvent> = messages.iter().map(RawEvent::from_message).collect();
+    let progress_every = (worker.config.ack_wait / 3).max(Duration::from_millis(200));
+    let verdicts = with_progress(
+        messages,
+        progress_every,
+        pipeline::enrich(&worker.api, &events, Priority::Live),
+    )
+    .await;
+
+    let mut report = BatchReport::default();
+    let mut auth_detail = None;
+    let mut settlements: Vec<(usize, Outcome, &'static str)> = Vec::new();
+    let mut publishes = Vec::new();
+    for (index, verdict) in verdicts.into_iter().enumerate() {
+        let event = &events[index];
+        if let Verdict::AuthFault { detail } = &verdict {
+            auth_detail = Some(detail.clone());
+        }
+        match decide(&worker.config, event, verdict) {
+            Decision::Publish(enriched) => {
+                match pipeline::publish_enriched(&worker.jetstream, &enriched).await {
+                    Ok(ack) => publishes.push((index, ack)),
+                    Err(err) => {
+                        tracing::warn!(stream_seq = event.stream_seq, error = %err, "cannot publish enriched event; will retry");
+                        settlements.push((
+                            index,
+                            Outcome::Retry {
+                                after: Duration::from_secs(2),
+                            },
+                            "retry",
+                        ));
+                    }
+                }
+            }
+            Decision::Settle(outcome, label) => settlements.push((index, outcome, label)),
+        }
+    }
+    for (index, ack) in publishes {
+        match ack.await {
+            Ok(ack) => {
+                tracing::debug!(
+                    stream_seq = events[index].stream_seq,
+                    call_id = events[index].call_id().unwrap_or(""),
+                    enriched_seq = ack.sequence,
+                    duplicate = ack.duplicate,
+                    "call enriched"
+                );
+                settlements.push((index, Outcome::Done, "enriched"));
+            }
+            Err(err) => {
+                tracing::warn!(stream_seq = events[index].stream_seq, error = %err, "enriched event not acknowledged; will retry");
+                settlements.push((
+                    index,
+                    Outcome::Retry {
+                        after: Duration::from_secs(2),
+                    },
+                    "retry",
+                ));
+            }
+        }
+    }
+    settlements.sort_by_key(|(index, _, _)| *index);
+    for (index, outcome, label) in settlements {
+        if label == "enriched" {
+            report.enriched += 1;
+        }
+        if let Err(err) = settle(&worker.jetstream, Stage::Enrich, &messages[index], outcome).await
+        {
+            tracing::warn!(stream_seq = events[index].stream_seq, error = %err, "cannot settle raw event; it will be redelivered");
+            continue;
+        }
+        metrics::event(label);
+    }
+
+    if let Some(detail) = auth_detail {
+        report.auth_fault = true;
+        tracing::error!(error = %detail, retry_in_secs = worker.config.auth_retry_delay.as_secs(), "gong refused the access key; check GONG_ACCESS_KEY and GONG_ACCESS_KEY_SECRET");
+        worker.readiness.set_fault(Some(
+            "gong refused the access key (401/403); check GONG_ACCESS_KEY and GONG_ACCESS_KEY_SECRET"
+                .to_string(),
+        ));
+    } else if report.enriched > 0 && worker.readiness.fault().is_some() {
+        tracing::info!("gong accepts the access key again");
+        worker.readiness.set_fault(None);
+    }
+    report
+}
+
+/// Refreshes `gong_enrich_consumer_pending` from consumer info every `every`.
+async fn refresh_pending(jetstream: jetstream::Context, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let Ok(stream) = jetstream.get_stream(names::STREAM_RAW).await else {
+            continue;
+        };
+        match stream.consumer_info(names::CONSUMER_ENRICH).await {
+            Ok(info) => metrics::consumer_pending(info.num_pending, info.num_ack_pending),
+            Err(err) => tracing::debug!(error = %err, "cannot read consumer info"),
+        }
+    }
+}

@@ -1,1 +1,123 @@
+//! gong-load: enriched events from JetStream to typed Parquet tables on an object-store stage,
+//! with exactly-once file names, for Snowflake to load.
+//!
+//! Layout (the same file set in every stage crate):
+//! - `lib.rs`: [`run`] and [`start`] (the live loader), [`replay::replay`], [`inspect`].
+//! - `main.rs`: glue (subcommands, config, tracing, signals, exit codes).
+//! - `config.rs`: [`config::LoadConfig`] from the environment.
+//! - `error.rs`: [`error::LoadError`], named after the failing step.
+//! - `loader.rs`: the live loop: batch a contiguous sequence range, write it, then ack.
+//! - `ranges.rs`: the range manifest in KV (`gong_load_ranges`): claims, head, takeover.
+//! - `range_writer.rs`: writing a range (from held messages or from the stream) to the stage.
+//! - `schema.rs`: the tables' columns (Arrow and Snowflake types from one list).
+//! - `rows.rs`: an enriched event → rows.
+//! - `parquet_writer.rs`: rows → Parquet spool files (zstd, row groups, statistics).
+//! - `stage.rs`: the object store (`file://`, `s3://`, `gs://`, `az://`) and the file layout.
+//! - `snowflake.rs`: setup SQL and the Snowpipe `insertFiles` notification (key-pair JWT).
+//! - `replay.rs`: rebuild staged files of recorded ranges from GONG_ENRICHED.
+//! - `inspect.rs`: print schema and rows of staged files.
+//! - `metrics.rs`: `gong_load_*` metrics.
+//!
+//! Invariants: only this crate depends on arrow/parquet; a message is acknowledged only after
+//! every file of its range is durable; a file name is a function of its sequence range and a
+//! range's content is a function of the stream, so a rewrite never changes what a name holds.
 
+pub mod config;
+pub mod error;
+pub mod inspect;
+pub mod loader;
+pub mod metrics;
+pub mod parquet_writer;
+pub mod range_writer;
+pub mod ranges;
+pub mod replay;
+pub mod rows;
+pub mod schema;
+pub mod snowflake;
+pub mod stage;
+
+use std::net::SocketAddr;
+
+use gong_common::admin::{self, Readiness};
+use gong_common::names;
+use gong_common::streams::{ensure_streams, StreamKind};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::LoadConfig;
+pub use error::LoadError;
+
+use crate::range_writer::Ctx;
+use crate::ranges::Ranges;
+use crate::snowflake::Snowpipe;
+use crate::stage::Stage;
+
+/// A started gong-load.
+pub struct Running {
+    /// Where `/healthz`, `/readyz`, `/metrics` are served.
+    pub admin_addr: SocketAddr,
+    /// Ends when shutdown has completed (the open batch flushed or handed back).
+    pub task: JoinHandle<Result<(), LoadError>>,
+}
+
+/// Starts gong-load and consumes until `shutdown` is cancelled.
+pub async fn run(config: LoadConfig, shutdown: CancellationToken) -> Result<(), LoadError> {
+    let running = start(config, shutdown).await?;
+    running.task.await.unwrap_or(Ok(()))
+}
+
+/// Connects, provisions the streams, the range bucket and the consumer, opens the stage, and
+/// returns once the loop is running.
+pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Running, LoadError> {
+    let metrics_handle = gong_common::telemetry::install_metrics();
+    let readiness = Readiness::new(vec![names::STREAM_ENRICHED, names::STREAM_DLQ]);
+    let admin_addr = admin::serve(
+        config.common.admin_addr,
+        readiness.clone(),
+        metrics_handle,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| LoadError::BindAdmin {
+        addr: config.common.admin_addr,
+        source,
+    })?;
+    let ctx = connect(config).await?;
+    readiness.set_jetstream(ctx.jetstream.clone());
+    let consumer = loader::ensure_consumer(&ctx.stream, &ctx.config).await?;
+    let task = tokio::spawn(loader::run(ctx, consumer, readiness, shutdown));
+    Ok(Running { admin_addr, task })
+}
+
+/// Connects to NATS, provisions streams and the range bucket, opens the stage.
+pub(crate) async fn connect(config: LoadConfig) -> Result<Ctx, LoadError> {
+    let stage = Stage::open(&config.stage_url, &config.stage_env())?;
+    let client = gong_common::nats::connect(&config.common, "gong-load").await?;
+    let jetstream =
+        gong_common::nats::jetstream_context(client, config.common.nats_request_timeout, 256);
+    ensure_streams(
+        &jetstream,
+        &config.common.streams,
+        &[StreamKind::Enriched, StreamKind::Dlq],
+    )
+    .await?;
+    let stream = jetstream
+        .get_stream(names::STREAM_ENRICHED)
+        .await
+        .map_err(|err| LoadError::Consumer {
+            consumer: names::CONSUMER_LOAD.to_string(),
+            stream: names::STREAM_ENRICHED.to_string(),
+            source: err.into(),
+        })?;
+    let owner = format!("load-{}", uuid::Uuid::now_v7());
+    let ranges = Ranges::open(&jetstream, &config.common.streams, owner).await?;
+    let snowpipe = config.snowpipe.clone().map(Snowpipe::new);
+    Ok(Ctx {
+        config,
+        jetstream,
+        stream,
+        ranges,
+        stage,
+        snowpipe,
+    })
+}

@@ -1,0 +1,121 @@
+//! `gong-load inspect`: schema and first rows of staged Parquet files, for users without
+//! Snowflake.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Inspecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// A file or directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not readable Parquet.
+    #[error("{path} is not readable parquet: {reason}")]
+    Parquet {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The `.parquet` files under `path` (itself if it is a file), sorted.
+pub fn parquet_files(path: &Path) -> Result<Vec<PathBuf>, InspectError> {
+    let io_error = |source| InspectError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_error)?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| InspectError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| InspectError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let entry_path = entry.path();
+            if entry_path.is_dir() {
+                pending.push(entry_path);
+            } else if entry_path.extension().is_some_and(|ext| ext == "parquet") {
+                out.push(entry_path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Prints each file's path, row count, key-value metadata, schema and its first `rows` rows as
+/// JSON lines.
+pub fn inspect(path: &Path, rows: usize, out: &mut dyn Write) -> Result<usize, InspectError> {
+    let files = parquet_files(path)?;
+    for file_path in &files {
+        let parquet_error = |reason: String| InspectError::Parquet {
+            path: file_path.clone(),
+            reason,
+        };
+        let io_error = |source| InspectError::Io {
+            path: file_path.clone(),
+            source,
+        };
+        let file = File::open(file_path).map_err(io_error)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|err| parquet_error(err.to_string()))?;
+        let metadata = builder.metadata().file_metadata();
+        let _ = writeln!(out, "== {}", file_path.display());
+        let _ = writeln!(
+            out,
+            "rows: {}  row groups: {}",
+            metadata.num_rows(),
+            builder.metadata().num_row_groups()
+        );
+        for kv in metadata.key_value_metadata().into_iter().flatten() {
+            if kv.key.starts_with("gong.") {
+                let _ = writeln!(out, "{}: {}", kv.key, kv.value.as_deref().unwrap_or(""));
+            }
+        }
+        let _ = writeln!(out, "schema:");
+        for field in builder.schema().fields() {
+            let nullable = if field.is_nullable() { "" } else { " not null" };
+            let _ = writeln!(out, "  {}: {}{}", field.name(), field.data_type(), nullable);
+        }
+        if rows == 0 {
+            continue;
+        }
+        let reader = builder
+            .with_batch_size(rows.min(8192))
+            .with_limit(rows)
+            .build()
+            .map_err(|err| parquet_error(err.to_string()))?;
+        let _ = writeln!(out, "first rows:");
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut *out);
+        for batch in reader {
+            let batch = batch.map_err(|err| parquet_error(err.to_string()))?;
+            writer
+                .write(&batch)
+                .map_err(|err| parquet_error(err.to_string()))?;
+        }
+        writer
+            .finish()
+            .map_err(|err| parquet_error(err.to_string()))?;
+    }
+    Ok(files.len())
+}

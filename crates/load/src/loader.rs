@@ -1,0 +1,573 @@
+//! The live loop: pull enriched events, batch them into a contiguous sequence range, write the
+//! range's files, then acknowledge.
+//!
+//! Per message (stream sequence `seq`):
+//! - poison (undecodable, newer schema, no call id) → dead-lettered through `settle`; its
+//!   sequence still belongs to the range (it simply yields no rows);
+//! - `seq` inside the open batch (a redelivery) → held again, acknowledged with the batch;
+//! - `seq` at or after the batch's next sequence → appended; a gap is filled by reading the
+//!   missing sequences from the stream, so the batch is always exactly `first..=next-1`;
+//! - `seq` below the head of the manifest → covered by a recorded range: acknowledged if that
+//!   range is done, rewritten (takeover) if it is pending and older than
+//!   `LOAD_RANGE_TAKEOVER_AFTER`, otherwise nak'd with a delay.
+//!
+//! A batch starts at the manifest's head and is flushed on rows, bytes, age (a timer that fires
+//! without traffic) or shutdown: claim the range (CAS), upload every table's file, then ack the
+//! held messages, then mark the range done. A lost claim discards the files and naks the held
+//! messages; they come back as covered.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, message::AckKind};
+use futures::StreamExt;
+use gong_common::ack::{settle, Outcome};
+use gong_common::admin::Readiness;
+use gong_common::event::EnrichedEvent;
+use gong_common::names::{self, Stage as PipelineStage};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::LoadError;
+use crate::metrics::{self, FlushReason};
+use crate::parquet_writer::Spool;
+use crate::range_writer::{decode, Ctx, Decoded, ENCODE_CHUNK};
+use crate::ranges::{Claim, RangeState};
+
+/// Delay before a message covered by another replica's pending range comes back.
+const COVERED_RETRY: Duration = Duration::from_secs(1);
+
+struct Batch {
+    first: u64,
+    next: u64,
+    spool: Spool,
+    unencoded: Vec<(u64, Box<EnrichedEvent>)>,
+    held: Vec<jetstream::Message>,
+    events: usize,
+    deadline: Instant,
+}
+
+/// Creates (or reuses) the durable consumer `load`.
+pub async fn ensure_consumer(
+    stream: &jetstream::stream::Stream,
+    config: &crate::LoadConfig,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, LoadError> {
+    let wanted = pull::Config {
+        durable_name: Some(names::CONSUMER_LOAD.to_string()),
+        description: Some("gong-load: enriched events to Parquet on the stage".to_string()),
+        filter_subject: names::SUBJECT_ENRICHED_CALL.to_string(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_ack_pending: config.max_ack_pending,
+        max_deliver: -1,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    let consumer_error = |source: async_nats::Error| LoadError::Consumer {
+        consumer: names::CONSUMER_LOAD.to_string(),
+        stream: names::STREAM_ENRICHED.to_string(),
+        source,
+    };
+    match stream.create_consumer(wanted.clone()).await {
+        Ok(consumer) => Ok(consumer),
+        Err(create_error) => {
+            // An existing consumer whose settings cannot be changed in place: keep it.
+            let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+                .get_consumer(names::CONSUMER_LOAD)
+                .await
+                .map_err(|_| consumer_error(create_error.into()))?;
+            tracing::warn!(
+                consumer = names::CONSUMER_LOAD,
+                "existing consumer kept with its own settings"
+            );
+            Ok(consumer)
+        }
+    }
+}
+
+/// Runs the live loop until `shutdown`, then flushes the open batch within the grace period.
+pub async fn run(
+    ctx: Ctx,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), LoadError> {
+    let mut loader = Loader {
+        ctx,
+        batch: None,
+        shutdown: shutdown.clone(),
+    };
+    let mut messages = loop {
+        match consumer
+            .stream()
+            .max_messages_per_batch(loader.ctx.config.fetch_batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(messages) => break messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start pulling, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    readiness.set_started(true);
+    tracing::info!(stage = %loader.ctx.stage.url(), "gong-load consuming");
+    loop {
+        let deadline = loader.batch.as_ref().map(|batch| batch.deadline);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sleep_until(deadline) => {
+                if let Err(err) = loader.flush(FlushReason::Age).await {
+                    loader.flush_failed(err).await;
+                }
+            }
+            next = messages.next() => match next {
+                Some(Ok(message)) => {
+                    if let Err(err) = loader.on_message(message).await {
+                        loader.flush_failed(err).await;
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "pull failed");
+                }
+                None => {
+                    tracing::warn!("message stream ended");
+                    break;
+                }
+            }
+        }
+    }
+    readiness.set_started(false);
+    drop(messages);
+    if loader.batch.is_some() {
+        tracing::info!("shutting down: flushing the open batch");
+        let grace = loader.ctx.config.shutdown_grace;
+        let give_up = CancellationToken::new();
+        let timer = {
+            let give_up = give_up.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                give_up.cancel();
+            })
+        };
+        loader.shutdown = give_up;
+        if let Err(err) = loader.flush(FlushReason::Shutdown).await {
+            tracing::warn!(error = %err, "open batch not flushed; its messages will be redelivered");
+        }
+        timer.abort();
+    }
+    tracing::info!("gong-load stopped");
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Loader {
+    ctx: Ctx,
+    batch: Option<Batch>,
+    shutdown: CancellationToken,
+}
+
+impl Loader {
+    async fn on_message(&mut self, mut message: jetstream::Message) -> Result<(), LoadError> {
+        let Ok(info) = message.info() else {
+            tracing::warn!(subject = %message.subject, "message without jetstream metadata ignored");
+            return Ok(());
+        };
+        let seq = info.stream_sequence;
+        metrics::consumer_pending(info.pending);
+        let decoded = decode(&message.payload);
+        // Keep only what acking needs; the rows are built from `decoded`.
+        message.message.payload = bytes::Bytes::new();
+
+        if let Some(batch) = &mut self.batch {
+            if seq >= batch.first && seq < batch.next {
+                return self.hold_or_poison(message, decoded, seq).await;
+            }
+        }
+        if self.batch.is_none() {
+            let head = self.ctx.ranges.head_or_init(seq).await?;
+            if seq >= head {
+                self.open_batch(head)?;
+            }
+        }
+        let in_batch = self.batch.as_ref().is_some_and(|batch| seq >= batch.next);
+        if !in_batch {
+            return self.on_covered(message, decoded, seq).await;
+        }
+        self.append(message, decoded, seq).await?;
+        self.check_limits().await
+    }
+
+    fn open_batch(&mut self, first: u64) -> Result<(), LoadError> {
+        self.batch = Some(Batch {
+            first,
+            next: first,
+            spool: self.ctx.new_spool()?,
+            unencoded: Vec::new(),
+            held: Vec::new(),
+            events: 0,
+            deadline: Instant::now() + self.ctx.config.flush_max_age,
+        });
+        Ok(())
+    }
+
+    async fn append(
+        &mut self,
+        message: jetstream::Message,
+        decoded: Decoded,
+        seq: u64,
+    ) -> Result<(), LoadError> {
+        let Some(mut batch) = self.batch.take() else {
+            return Ok(());
+        };
+        if seq > batch.next {
+            // Sequences this replica was not given (another replica holds them, or they were
+            // redelivered elsewhere): read them from the stream so the range stays contiguous.
+            let spool = self
+                .ctx
+                .encode(batch.spool, std::mem::take(&mut batch.unencoded))
+                .await;
+            let spool = match spool {
+                Ok(spool) => {
+                    self.ctx
+                        .append_from_stream(spool, batch.next, seq - 1)
+                        .await
+                }
+                Err(err) => Err(err),
+            };
+            match spool {
+                Ok(spool) => batch.spool = spool,
+                Err(err) => {
+                    abandon_held(&self.ctx, &batch.held).await;
+                    nak(&self.ctx, &message).await;
+                    return Err(err);
+                }
+            }
+            batch.events = batch.spool.events();
+        }
+        batch.next = seq + 1;
+        match decoded {
+            Decoded::Event(event) => {
+                batch.unencoded.push((seq, event));
+                batch.events += 1;
+                batch.held.push(message);
+            }
+            Decoded::Poison { reason, detail } => {
+                dead_letter(&self.ctx, &message, reason, detail).await;
+            }
+        }
+        if batch.unencoded.len() >= ENCODE_CHUNK {
+            match self
+                .ctx
+                .encode(batch.spool, std::mem::take(&mut batch.unencoded))
+                .await
+            {
+                Ok(spool) => batch.spool = spool,
+                Err(err) => {
+                    abandon_held(&self.ctx, &batch.held).await;
+                    return Err(err);
+                }
+            }
+        }
+        self.batch = Some(batch);
+        Ok(())
+    }
+
+    async fn check_limits(&mut self) -> Result<(), LoadError> {
+        let Some(batch) = &self.batch else {
+            return Ok(());
+        };
+        if batch.events >= self.ctx.config.flush_max_rows {
+            return self.flush(FlushReason::Rows).await;
+        }
+        if batch.spool.bytes() >= self.ctx.config.flush_max_bytes {
+            return self.flush(FlushReason::Bytes).await;
+        }
+        Ok(())
+    }
+
+    async fn hold_or_poison(
+        &mut self,
+        message: jetstream::Message,
+        decoded: Decoded,
+        _seq: u64,
+    ) -> Result<(), LoadError> {
+        match decoded {
+            Decoded::Poison { reason, detail } => {
+                dead_letter(&self.ctx, &message, reason, detail).await
+            }
+            Decoded::Event(_) => {
+                if let Some(batch) = &mut self.batch {
+                    batch.held.push(message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the open batch: claim, write, ack, mark done.
+    async fn flush(&mut self, reason: FlushReason) -> Result<(), LoadError> {
+        let Some(mut batch) = self.batch.take() else {
+            return Ok(());
+        };
+        let first = batch.first;
+        let last = batch.next.saturating_sub(1);
+        if batch.next <= batch.first {
+            return Ok(());
+        }
+        let spool = match self
+            .ctx
+            .encode(batch.spool, std::mem::take(&mut batch.unencoded))
+            .await
+        {
+            Ok(spool) => spool,
+            Err(err) => {
+                abandon_held(&self.ctx, &batch.held).await;
+                return Err(err);
+            }
+        };
+        let spooled = match self.ctx.finish(spool, first, last).await {
+            Ok(spooled) => spooled,
+            Err(err) => {
+                abandon_held(&self.ctx, &batch.held).await;
+                return Err(err);
+            }
+        };
+        let revision = match self.ctx.ranges.claim(first, last).await {
+            Ok(Claim::Won { revision }) => revision,
+            Ok(Claim::Lost { existing }) => {
+                metrics::range_lost();
+                tracing::info!(
+                    first,
+                    last,
+                    winner_last = existing.as_ref().map(|known| known.record.last),
+                    "range claimed by another replica; messages handed back"
+                );
+                for message in &batch.held {
+                    let _ = message.ack_with(AckKind::Nak(Some(COVERED_RETRY))).await;
+                }
+                return Ok(());
+            }
+            Err(err) => {
+                abandon_held(&self.ctx, &batch.held).await;
+                return Err(err.into());
+            }
+        };
+        let staged = match self
+            .ctx
+            .upload_with_retry(&spooled, first, last, &batch.held, &self.shutdown)
+            .await
+        {
+            Ok(staged) => staged,
+            Err(err) => {
+                // The claim stays pending: the messages come back after ack_wait and whoever
+                // gets them rewrites exactly this range.
+                return Err(err);
+            }
+        };
+        if self.ctx.config.crash_after_write {
+            tracing::error!(
+                first,
+                last,
+                "LOAD_TEST_CRASH_AFTER_WRITE: aborting before acks"
+            );
+            std::process::abort();
+        }
+        ack_all(&self.ctx, &batch.held).await;
+        let record = crate::ranges::RangeRecord {
+            first,
+            last,
+            state: RangeState::Pending,
+            owner: self.ctx.ranges.owner().to_string(),
+            updated_at: chrono::Utc::now(),
+        };
+        if let Err(err) = self.ctx.ranges.mark_done(&record, revision).await {
+            tracing::warn!(error = %err, first, last, "cannot mark range done; redelivered messages will rewrite it");
+        }
+        metrics::flushed(reason);
+        self.ctx.report_durable(&staged);
+        Ok(())
+    }
+}
+
+async fn ack_all(ctx: &Ctx, held: &[jetstream::Message]) {
+    let jetstream = &ctx.jetstream;
+    futures::stream::iter(held)
+        .for_each_concurrent(64, |message| async move {
+            if let Err(err) = settle(jetstream, PipelineStage::Load, message, Outcome::Done).await {
+                // Redelivered later, found covered by a done range, and acked then.
+                tracing::warn!(error = %err, "ack failed");
+            }
+        })
+        .await;
+}
+
+/// Gives held messages back after a failure that lost the batch (they are redelivered).
+async fn abandon_held(ctx: &Ctx, held: &[jetstream::Message]) {
+    for message in held {
+        nak(ctx, message).await;
+    }
+}
+
+async fn nak(ctx: &Ctx, message: &jetstream::Message) {
+    let _ = settle(
+        &ctx.jetstream,
+        PipelineStage::Load,
+        message,
+        Outcome::Retry {
+            after: COVERED_RETRY,
+        },
+    )
+    .await;
+}
+
+impl Loader {
+    async fn flush_failed(&mut self, err: LoadError) {
+        metrics::stage_error();
+        tracing::warn!(error = %err, "flush failed; messages will be redelivered");
+        // A dropped batch's messages were nak'd or will time out; back off a little so a
+        // persistent failure does not spin.
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn dead_letter(
+    ctx: &Ctx,
+    message: &jetstream::Message,
+    reason: &'static str,
+    detail: String,
+) {
+    metrics::dead_letter(reason);
+    let outcome = Outcome::Poison {
+        reason: reason.to_string(),
+        detail,
+    };
+    if let Err(err) = settle(&ctx.jetstream, PipelineStage::Load, message, outcome).await {
+        tracing::warn!(error = %err, "dead-letter failed; the message will be redelivered");
+    }
+}
+
+impl Loader {
+    /// A message whose sequence is below the head: some recorded range covers it.
+    async fn on_covered(
+        &mut self,
+        message: jetstream::Message,
+        decoded: Decoded,
+        seq: u64,
+    ) -> Result<(), LoadError> {
+        if let Decoded::Poison { reason, detail } = decoded {
+            dead_letter(&self.ctx, &message, reason, detail).await;
+            return Ok(());
+        }
+        let known = match self.ctx.ranges.covering(seq).await {
+            Ok(known) => known,
+            Err(err) => {
+                nak(&self.ctx, &message).await;
+                return Err(err.into());
+            }
+        };
+        let Some(known) = known else {
+            // Below the head but in no record: the manifest lost it (bucket reset or records
+            // expired). Claim it alone so it is still staged exactly once from now on.
+            tracing::warn!(
+                stream_seq = seq,
+                "sequence below the range head has no record; staging it alone"
+            );
+            return self.stage_orphan(message, seq).await;
+        };
+        let record = &known.record;
+        if record.state == RangeState::Done {
+            let _ = settle(
+                &self.ctx.jetstream,
+                PipelineStage::Load,
+                &message,
+                Outcome::Done,
+            )
+            .await;
+            return Ok(());
+        }
+        let age = chrono::Utc::now() - record.updated_at;
+        let stale = age.to_std().unwrap_or_default() >= self.ctx.config.takeover_after;
+        if record.owner == self.ctx.ranges.owner() || !stale {
+            nak(&self.ctx, &message).await;
+            return Ok(());
+        }
+        let Some(revision) = self.ctx.ranges.take_over(&known).await? else {
+            nak(&self.ctx, &message).await;
+            return Ok(());
+        };
+        metrics::range_taken_over();
+        tracing::info!(first = record.first, last = record.last, previous_owner = %record.owner, "taking over a pending range");
+        let staged = match self
+            .ctx
+            .rewrite_range(record.first, record.last, &self.shutdown)
+            .await
+        {
+            Ok(staged) => staged,
+            Err(err) => {
+                nak(&self.ctx, &message).await;
+                return Err(err);
+            }
+        };
+        let _ = settle(
+            &self.ctx.jetstream,
+            PipelineStage::Load,
+            &message,
+            Outcome::Done,
+        )
+        .await;
+        let _ = self.ctx.ranges.mark_done(record, revision).await;
+        self.ctx.report_durable(&staged);
+        Ok(())
+    }
+
+    async fn stage_orphan(
+        &mut self,
+        message: jetstream::Message,
+        seq: u64,
+    ) -> Result<(), LoadError> {
+        match self.ctx.ranges.claim(seq, seq).await? {
+            Claim::Won { revision } => {
+                let staged = match self.ctx.rewrite_range(seq, seq, &self.shutdown).await {
+                    Ok(staged) => staged,
+                    Err(err) => {
+                        nak(&self.ctx, &message).await;
+                        return Err(err);
+                    }
+                };
+                let _ = settle(
+                    &self.ctx.jetstream,
+                    PipelineStage::Load,
+                    &message,
+                    Outcome::Done,
+                )
+                .await;
+                let record = crate::ranges::RangeRecord {
+                    first: seq,
+                    last: seq,
+                    state: RangeState::Pending,
+                    owner: self.ctx.ranges.owner().to_string(),
+                    updated_at: chrono::Utc::now(),
+                };
+                let _ = self.ctx.ranges.mark_done(&record, revision).await;
+                self.ctx.report_durable(&staged);
+            }
+            Claim::Lost { .. } => nak(&self.ctx, &message).await,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! gong-load's metrics (`gong_load_*`).
+
+use crate::schema::Table;
+
+/// Why a batch was flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    /// `LOAD_FLUSH_MAX_ROWS` reached.
+    Rows,
+    /// `LOAD_FLUSH_MAX_BYTES` reached.
+    Bytes,
+    /// `LOAD_FLUSH_MAX_AGE` elapsed.
+    Age,
+    /// Shutdown.
+    Shutdown,
+}
+
+impl FlushReason {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Rows => "rows",
+            FlushReason::Bytes => "bytes",
+            FlushReason::Age => "age",
+            FlushReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One file made durable: `gong_load_rows_total`, `gong_load_files_total`,
+/// `gong_load_bytes_total` (per table) and `gong_load_file_size_bytes`.
+pub fn file_staged(table: Table, rows: usize, bytes: u64) {
+    let name = table.name();
+    metrics::counter!("gong_load_rows_total", "table" => name).increment(rows as u64);
+    metrics::counter!("gong_load_files_total", "table" => name).increment(1);
+    metrics::counter!("gong_load_bytes_total", "table" => name).increment(bytes);
+    metrics::histogram!("gong_load_file_size_bytes").record(bytes as f64);
+}
+
+/// `gong_load_flushes_total{reason}` and `gong_load_last_flush_timestamp_seconds`.
+pub fn flushed(reason: FlushReason) {
+    metrics::counter!("gong_load_flushes_total", "reason" => reason.as_str()).increment(1);
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    metrics::gauge!("gong_load_last_flush_timestamp_seconds").set(now);
+}
+
+/// `gong_load_event_to_staged_seconds`: webhook received → file durable.
+pub fn event_to_staged(seconds: f64) {
+    metrics::histogram!("gong_load_event_to_staged_seconds").record(seconds.max(0.0));
+}
+
+/// `gong_load_stage_errors_total`.
+pub fn stage_error() {
+    metrics::counter!("gong_load_stage_errors_total").increment(1);
+}
+
+/// `gong_load_consumer_pending`: messages not yet delivered to the consumer.
+pub fn consumer_pending(pending: u64) {
+    metrics::gauge!("gong_load_consumer_pending").set(pending as f64);
+}
+
+/// `gong_load_ranges_lost_total`: claims lost to another replica.
+pub fn range_lost() {
+    metrics::counter!("gong_load_ranges_lost_total").increment(1);
+}
+
+/// `gong_load_ranges_taken_over_total`: pending ranges rewritten after their owner stopped.
+pub fn range_taken_over() {
+    metrics::counter!("gong_load_ranges_taken_over_total").increment(1);
+}
+
+/// `gong_load_dead_letters_total{reason}`.
+pub fn dead_letter(reason: &str) {
+    metrics::counter!("gong_load_dead_letters_total", "reason" => reason.to_string()).increment(1);
+}

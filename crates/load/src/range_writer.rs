@@ -1,0 +1,336 @@
+//! Writing a sequence range to the stage: encode, upload with retries, report.
+//!
+//! Shared by the live loop (rows from the messages it holds, gaps read from the stream), by the
+//! takeover of a stopped replica's range, and by replay (rows read from the stream). In every
+//! case the content is the events on `gong.enriched.call` whose GONG_ENRICHED sequence is in
+//! `first..=last`, in sequence order, minus the poison ones: a pure function of the range.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::AckKind, stream::DirectGetErrorKind};
+use chrono::{DateTime, Utc};
+use gong_common::event::{DecodeError, EnrichedEvent};
+use gong_common::names;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LoadConfig;
+use crate::error::LoadError;
+use crate::metrics;
+use crate::parquet_writer::{Spool, SpooledRange};
+use crate::ranges::Ranges;
+use crate::schema::Table;
+use crate::snowflake::Snowpipe;
+use crate::stage::{relative_path, Stage};
+
+/// Events handed to a blocking encoding task at once.
+pub const ENCODE_CHUNK: usize = 256;
+
+/// A payload from GONG_ENRICHED, decoded.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A loadable event.
+    Event(Box<EnrichedEvent>),
+    /// An event that can never be loaded.
+    Poison {
+        /// Short code.
+        reason: &'static str,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// Decodes a payload; undecodable, newer-version and call-id-less events are poison.
+pub fn decode(payload: &[u8]) -> Decoded {
+    match EnrichedEvent::from_json(payload) {
+        Ok(event) if event.call_id().is_some_and(|id| !id.is_empty()) => {
+            Decoded::Event(Box::new(event))
+        }
+        Ok(_) => Decoded::Poison {
+            reason: "missing_call_id",
+            detail: "enriched event has no call.metaData.id".to_string(),
+        },
+        Err(DecodeError::UnsupportedVersion { found, supported }) => Decoded::Poison {
+            reason: "unsupported_schema_version",
+            detail: format!("schema_version {found} is newer than supported {supported}"),
+        },
+        Err(err) => Decoded::Poison {
+            reason: "undecodable_event",
+            detail: err.to_string(),
+        },
+    }
+}
+
+/// One file made durable.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    /// Its table.
+    pub table: Table,
+    /// Path relative to the stage root.
+    pub relative: String,
+    /// Rows.
+    pub rows: usize,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// A range whose files are all durable.
+#[derive(Debug, Clone)]
+pub struct StagedRange {
+    /// First sequence.
+    pub first: u64,
+    /// Last sequence.
+    pub last: u64,
+    /// Files, one per table with rows.
+    pub files: Vec<StagedFile>,
+    /// `received_at` of the first event.
+    pub first_received_at: Option<DateTime<Utc>>,
+    /// Events in the range.
+    pub events: usize,
+}
+
+/// What every writer of ranges shares.
+pub struct Ctx {
+    /// Configuration.
+    pub config: LoadConfig,
+    /// JetStream.
+    pub jetstream: jetstream::Context,
+    /// GONG_ENRICHED, for reading ranges back.
+    pub stream: jetstream::stream::Stream,
+    /// The range manifest.
+    pub ranges: Ranges,
+    /// The stage.
+    pub stage: Stage,
+    /// Snowpipe, when configured.
+    pub snowpipe: Option<Snowpipe>,
+}
+
+impl Ctx {
+    /// A new spool.
+    pub fn new_spool(&self) -> Result<Spool, LoadError> {
+        Ok(Spool::new(&self.config.writer_settings())?)
+    }
+
+    /// Appends events to `spool` on a blocking thread.
+    pub async fn encode(
+        &self,
+        mut spool: Spool,
+        events: Vec<(u64, Box<EnrichedEvent>)>,
+    ) -> Result<Spool, LoadError> {
+        if events.is_empty() {
+            return Ok(spool);
+        }
+        tokio::task::spawn_blocking(move || {
+            for (seq, event) in &events {
+                spool.append(event, *seq)?;
+            }
+            Ok::<Spool, LoadError>(spool)
+        })
+        .await
+        .map_err(|err| LoadError::EncodeTask(err.to_string()))?
+    }
+
+    /// Closes the spool files on a blocking thread.
+    pub async fn finish(
+        &self,
+        spool: Spool,
+        first: u64,
+        last: u64,
+    ) -> Result<SpooledRange, LoadError> {
+        tokio::task::spawn_blocking(move || spool.finish(first, last))
+            .await
+            .map_err(|err| LoadError::EncodeTask(err.to_string()))?
+            .map_err(LoadError::from)
+    }
+
+    /// The next message on `gong.enriched.call` at or after `seq`, if any.
+    pub async fn next_in_stream(
+        &self,
+        seq: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>, LoadError> {
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .stream
+                .direct_get_next_for_subject(names::SUBJECT_ENRICHED_CALL, Some(seq))
+                .await
+            {
+                Ok(message) => return Ok(Some(message)),
+                Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+                Err(err) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(stream_seq = seq, error = %err, "direct get failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(attempt))).await;
+                }
+                Err(err) => {
+                    return Err(LoadError::ReadStream {
+                        stream: names::STREAM_ENRICHED.to_string(),
+                        seq,
+                        source: err.into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Appends to `spool` the loadable events of `from..=to` read from the stream.
+    pub async fn append_from_stream(
+        &self,
+        mut spool: Spool,
+        from: u64,
+        to: u64,
+    ) -> Result<Spool, LoadError> {
+        let mut seq = from;
+        let mut chunk = Vec::new();
+        while seq <= to {
+            let Some(message) = self.next_in_stream(seq).await? else {
+                break;
+            };
+            if message.sequence > to {
+                break;
+            }
+            if let Decoded::Event(event) = decode(&message.payload) {
+                chunk.push((message.sequence, event));
+            }
+            if chunk.len() >= ENCODE_CHUNK {
+                spool = self.encode(spool, std::mem::take(&mut chunk)).await?;
+            }
+            seq = message.sequence + 1;
+        }
+        self.encode(spool, chunk).await
+    }
+
+    /// Uploads every spooled file of `first..=last`, retrying with backoff until it succeeds
+    /// or `give_up` is cancelled. `keepalive` messages get an in-progress ack at each retry so
+    /// a long stage outage does not make them redeliver.
+    pub async fn upload_with_retry(
+        &self,
+        spooled: &SpooledRange,
+        first: u64,
+        last: u64,
+        keepalive: &[jetstream::Message],
+        give_up: &CancellationToken,
+    ) -> Result<StagedRange, LoadError> {
+        let mut files = Vec::new();
+        if let Some(dt) = spooled.dt {
+            for file in &spooled.files {
+                let relative = relative_path(file.table, dt, first, last);
+                let mut backoff = Duration::from_millis(200);
+                let bytes = loop {
+                    match self.stage.upload(&file.path, &relative).await {
+                        Ok(bytes) => break bytes,
+                        Err(err) => {
+                            metrics::stage_error();
+                            tracing::warn!(
+                                error = %err,
+                                path = %relative,
+                                backoff_ms = backoff.as_millis() as u64,
+                                "stage write failed, retrying"
+                            );
+                            for message in keepalive {
+                                let _ = message.ack_with(AckKind::Progress).await;
+                            }
+                            tokio::select! {
+                                _ = give_up.cancelled() => {
+                                    return Err(LoadError::Interrupted { step: "writing to the stage" });
+                                }
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(self.config.retry_max_backoff);
+                        }
+                    }
+                };
+                files.push(StagedFile {
+                    table: file.table,
+                    relative,
+                    rows: file.rows,
+                    bytes,
+                });
+            }
+        }
+        Ok(StagedRange {
+            first,
+            last,
+            files,
+            first_received_at: spooled.first_received_at,
+            events: spooled.events,
+        })
+    }
+
+    /// Rewrites `first..=last` from the stream under its deterministic names.
+    pub async fn rewrite_range(
+        &self,
+        first: u64,
+        last: u64,
+        give_up: &CancellationToken,
+    ) -> Result<StagedRange, LoadError> {
+        let spool = self.new_spool()?;
+        let spool = self.append_from_stream(spool, first, last).await?;
+        let spooled = self.finish(spool, first, last).await?;
+        self.upload_with_retry(&spooled, first, last, &[], give_up)
+            .await
+    }
+
+    /// Records metrics for a durable range and notifies Snowpipe in the background.
+    pub fn report_durable(&self, staged: &StagedRange) {
+        for file in &staged.files {
+            metrics::file_staged(file.table, file.rows, file.bytes);
+        }
+        if let Some(received_at) = staged.first_received_at {
+            let lag = (Utc::now() - received_at).num_milliseconds() as f64 / 1000.0;
+            metrics::event_to_staged(lag);
+        }
+        tracing::info!(
+            first = staged.first,
+            last = staged.last,
+            events = staged.events,
+            files = staged.files.len(),
+            "range staged"
+        );
+        if let Some(snowpipe) = &self.snowpipe {
+            for file in &staged.files {
+                let snowpipe = snowpipe.clone();
+                let table = file.table;
+                let paths = vec![file.relative.clone()];
+                tokio::spawn(async move {
+                    if let Err(err) = snowpipe.insert_files(table, &paths).await {
+                        tracing::error!(error = %err, path = %paths[0], "snowpipe notification failed; the file is staged, refresh the pipe");
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_is_classified() {
+        assert!(matches!(
+            decode(b"nope"),
+            Decoded::Poison {
+                reason: "undecodable_event",
+                ..
+            }
+        ));
+        let newer = br#"{"schema_version": 99}"#;
+        assert!(matches!(
+            decode(newer),
+            Decoded::Poison {
+                reason: "unsupported_schema_version",
+                ..
+            }
+        ));
+        let no_id = serde_json::json!({"schema_version": 1, "event_id": "e", "raw_event_id": "e",
+            "raw_stream_seq": 1, "received_at": "2024-01-01T00:00:00Z",
+            "fetched_at": "2024-01-01T00:00:00Z", "call": {}});
+        assert!(matches!(
+            decode(no_id.to_string().as_bytes()),
+            Decoded::Poison {
+                reason: "missing_call_id",
+                ..
+            }
+        ));
+    }
+}

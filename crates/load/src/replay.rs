@@ -1,0 +1,181 @@
+//! `gong-load replay`: rebuild the staged files of a sequence or time window from GONG_ENRICHED.
+//!
+//! The batch boundaries are the ones recorded in the range manifest (`gong_load_ranges`): every
+//! recorded range that overlaps the window is rewritten whole, under its deterministic names,
+//! with rows read back from the stream. A wiped stage followed by `replay --from-seq 1` therefore
+//! reproduces exactly the files the live loader wrote. Sequences after the manifest's head have
+//! never been batched; the live loader stages them (replay reports how many).
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LoadConfig;
+use crate::error::LoadError;
+use crate::ranges::RangeState;
+
+/// Which part of GONG_ENRICHED to rebuild.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayWindow {
+    /// First sequence (inclusive).
+    pub from_seq: Option<u64>,
+    /// First event time (inclusive), resolved to a sequence.
+    pub since: Option<DateTime<Utc>>,
+    /// Last event time (inclusive), resolved to a sequence.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Progress of a replay, reported after each range.
+#[derive(Debug, Clone)]
+pub struct ReplayProgress {
+    /// Ranges rewritten so far.
+    pub done: usize,
+    /// Ranges to rewrite.
+    pub total: usize,
+    /// The range just rewritten.
+    pub first: u64,
+    /// Its last sequence.
+    pub last: u64,
+    /// Files written for it.
+    pub files: usize,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySummary {
+    /// Ranges rewritten.
+    pub ranges: usize,
+    /// Files written.
+    pub files: usize,
+    /// Events written (calls rows).
+    pub events: usize,
+    /// Sequences of the window after the manifest head (left to the live loader).
+    pub left_to_live: u64,
+    /// The resolved window.
+    pub from_seq: u64,
+    /// The resolved window.
+    pub to_seq: u64,
+}
+
+/// Rewrites every recorded range overlapping `window`; ends when done.
+pub async fn replay(
+    config: LoadConfig,
+    window: ReplayWindow,
+    shutdown: CancellationToken,
+    mut on_progress: impl FnMut(&ReplayProgress),
+) -> Result<ReplaySummary, LoadError> {
+    let mut ctx = crate::connect(config).await?;
+    let info = ctx
+        .stream
+        .info()
+        .await
+        .map_err(|err| LoadError::ReadStream {
+            stream: gong_common::names::STREAM_ENRICHED.to_string(),
+            seq: 0,
+            source: err.into(),
+        })?
+        .clone();
+    let stream_first = info.state.first_sequence.max(1);
+    let stream_last = info.state.last_sequence;
+    let from_seq = match (window.from_seq, window.since) {
+        (Some(seq), None) => seq.max(1),
+        (None, Some(since)) => first_at_or_after(&ctx, since, stream_first, stream_last).await?,
+        (None, None) => stream_first,
+        (Some(_), Some(_)) => {
+            return Err(LoadError::ReplayRange(
+                "give --from-seq or --since, not both".into(),
+            ))
+        }
+    };
+    let to_seq = match window.until {
+        Some(until) => {
+            let after = first_at_or_after(
+                &ctx,
+                until + chrono::Duration::microseconds(1),
+                stream_first,
+                stream_last,
+            )
+            .await?;
+            after.saturating_sub(1)
+        }
+        None => stream_last,
+    };
+    let head = ctx.ranges.head().await?.map(|(next, _)| next).unwrap_or(1);
+    let ranges: Vec<_> = ctx
+        .ranges
+        .all()
+        .await?
+        .into_iter()
+        .filter(|known| known.record.last >= from_seq && known.record.first <= to_seq)
+        .collect();
+    let mut summary = ReplaySummary {
+        from_seq,
+        to_seq,
+        left_to_live: if to_seq >= head {
+            to_seq + 1 - head.max(from_seq)
+        } else {
+            0
+        },
+        ..Default::default()
+    };
+    let total = ranges.len();
+    tracing::info!(from_seq, to_seq, ranges = total, "replay started");
+    for known in ranges {
+        if shutdown.is_cancelled() {
+            return Err(LoadError::Interrupted { step: "replaying" });
+        }
+        let record = &known.record;
+        let staged = ctx
+            .rewrite_range(record.first, record.last, &shutdown)
+            .await?;
+        if record.state == RangeState::Pending {
+            // The files are durable now; holders of its messages may acknowledge them.
+            let _ = ctx.ranges.mark_done(record, known.revision).await;
+        }
+        ctx.report_durable(&staged);
+        summary.ranges += 1;
+        summary.files += staged.files.len();
+        summary.events += staged.events;
+        on_progress(&ReplayProgress {
+            done: summary.ranges,
+            total,
+            first: record.first,
+            last: record.last,
+            files: staged.files.len(),
+        });
+    }
+    tracing::info!(
+        ranges = summary.ranges,
+        files = summary.files,
+        events = summary.events,
+        left_to_live = summary.left_to_live,
+        "replay finished"
+    );
+    Ok(summary)
+}
+
+/// The first sequence on `gong.enriched.call` stored at or after `time` (binary search over
+/// sequences; stream timestamps grow with sequences).
+async fn first_at_or_after(
+    ctx: &crate::range_writer::Ctx,
+    time: DateTime<Utc>,
+    stream_first: u64,
+    stream_last: u64,
+) -> Result<u64, LoadError> {
+    let wanted = time.timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
+    let mut low = stream_first;
+    let mut high = stream_last + 1;
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match ctx.next_in_stream(middle).await? {
+            Some(message) if message.sequence <= stream_last => {
+                if message.time.unix_timestamp_nanos() >= wanted {
+                    high = middle;
+                } else {
+                    low = message.sequence + 1;
+                }
+            }
+            _ => high = middle,
+        }
+    }
+    Ok(low)
+}

@@ -1,0 +1,423 @@
+//! Turning one enriched event into rows of every table.
+//!
+//! The mapping is a pure function of the event and its GONG_ENRICHED sequence: rewriting a range
+//! gives the same rows. Exactly one `calls` row per event.
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::error::ArrowError;
+use chrono::{DateTime, Utc};
+use gong_common::event::EnrichedEvent;
+use gong_common::gong::Extra;
+use serde_json::{Map, Value};
+
+use crate::schema::{Kind, Table};
+
+/// A value pushed into a column; must match the column's [`Kind`].
+#[derive(Debug, Clone)]
+pub enum Cell<'a> {
+    /// Text or JSON text.
+    Text(Option<&'a str>),
+    /// Owned text (JSON rendered for the row).
+    Owned(Option<String>),
+    /// Microseconds since the epoch, UTC.
+    Micros(Option<i64>),
+    /// Integer.
+    Int(Option<i64>),
+    /// Float.
+    Float(Option<f64>),
+    /// Boolean.
+    Bool(Option<bool>),
+}
+
+enum ColumnBuilder {
+    Text(StringBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(kind: Kind) -> ColumnBuilder {
+        match kind {
+            Kind::Text | Kind::Json => ColumnBuilder::Text(StringBuilder::new()),
+            Kind::Timestamp => {
+                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+            }
+            Kind::Int => ColumnBuilder::Int(Int64Builder::new()),
+            Kind::Float => ColumnBuilder::Float(Float64Builder::new()),
+            Kind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
+        }
+    }
+
+    fn push(&mut self, cell: Cell<'_>) {
+        match (self, cell) {
+            (ColumnBuilder::Text(builder), Cell::Text(value)) => builder.append_option(value),
+            (ColumnBuilder::Text(builder), Cell::Owned(value)) => builder.append_option(value),
+            (ColumnBuilder::Timestamp(builder), Cell::Micros(value)) => {
+                builder.append_option(value)
+            }
+            (ColumnBuilder::Int(builder), Cell::Int(value)) => builder.append_option(value),
+            (ColumnBuilder::Float(builder), Cell::Float(value)) => builder.append_option(value),
+            (ColumnBuilder::Bool(builder), Cell::Bool(value)) => builder.append_option(value),
+            // A mismatch is a programming error caught by the unit tests; keep the column
+            // length right so the batch still builds, with a null.
+            (builder, _) => builder.push_null(),
+        }
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            ColumnBuilder::Text(builder) => builder.append_null(),
+            ColumnBuilder::Timestamp(builder) => builder.append_null(),
+            ColumnBuilder::Int(builder) => builder.append_null(),
+            ColumnBuilder::Float(builder) => builder.append_null(),
+            ColumnBuilder::Bool(builder) => builder.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Text(builder) => std::sync::Arc::new(builder.finish()),
+            ColumnBuilder::Timestamp(builder) => std::sync::Arc::new(builder.finish()),
+            ColumnBuilder::Int(builder) => std::sync::Arc::new(builder.finish()),
+            ColumnBuilder::Float(builder) => std::sync::Arc::new(builder.finish()),
+            ColumnBuilder::Bool(builder) => std::sync::Arc::new(builder.finish()),
+        }
+    }
+}
+
+/// Column builders for one table.
+pub struct TableRows {
+    table: Table,
+    columns: Vec<ColumnBuilder>,
+    rows: usize,
+}
+
+impl TableRows {
+    /// Empty builders for `table`.
+    pub fn new(table: Table) -> TableRows {
+        TableRows {
+            table,
+            columns: table
+                .columns()
+                .iter()
+                .map(|column| ColumnBuilder::new(column.kind))
+                .collect(),
+            rows: 0,
+        }
+    }
+
+    /// Appends one row; `cells` are in column order.
+    pub fn push(&mut self, cells: Vec<Cell<'_>>) {
+        debug_assert_eq!(cells.len(), self.columns.len(), "{}", self.table.name());
+        let mut cells = cells.into_iter();
+        for builder in &mut self.columns {
+            match cells.next() {
+                Some(cell) => builder.push(cell),
+                None => builder.push_null(),
+            }
+        }
+        self.rows += 1;
+    }
+
+    /// Rows buffered.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when no row is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Takes the buffered rows as a record batch and empties the builders.
+    pub fn take_batch(&mut self) -> Result<RecordBatch, ArrowError> {
+        let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        self.rows = 0;
+        RecordBatch::try_new(self.table.schema(), arrays)
+    }
+}
+
+/// Builders for every table.
+pub struct TableSet {
+    /// Indexed by [`Table::index`].
+    pub tables: Vec<TableRows>,
+}
+
+impl Default for TableSet {
+    fn default() -> Self {
+        TableSet {
+            tables: Table::ALL.into_iter().map(TableRows::new).collect(),
+        }
+    }
+}
+
+impl TableSet {
+    /// The builders of `table`.
+    pub fn get_mut(&mut self, table: Table) -> &mut TableRows {
+        &mut self.tables[table.index()]
+    }
+
+    /// Rows buffered over all tables.
+    pub fn total_rows(&self) -> usize {
+        self.tables.iter().map(TableRows::len).sum()
+    }
+}
+
+/// Parses a Gong timestamp (ISO-8601 with offset, optional fraction) to UTC microseconds.
+pub fn parse_gong_time(raw: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(raw.trim())
+        .ok()
+        .map(|time| time.with_timezone(&Utc).timestamp_micros())
+}
+
+fn micros(time: &DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+fn json_text(map: &Extra) -> Option<String> {
+    if map.is_empty() {
+        return None;
+    }
+    serde_json::to_string(map).ok()
+}
+
+fn insert_nonempty(target: &mut Map<String, Value>, key: &str, map: &Extra) {
+    if !map.is_empty() {
+        target.insert(key.to_string(), Value::Object(map.clone()));
+    }
+}
+
+/// Appends the rows of `event` (stored at `stream_seq` in GONG_ENRICHED) to `tables`.
+///
+/// `call_id` must be present; the loader dead-letters events without one before calling this.
+pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u64) {
+    let call = &event.call;
+    let call_id = call.id().unwrap_or_default();
+    let event_id = event.event_id.as_str();
+    let meta = call.meta_data.clone().unwrap_or_default();
+
+    // Unknown fields of the call, and blocks the schema keeps only as JSON.
+    let mut extra = Map::new();
+    insert_nonempty(&mut extra, "metaData", &meta.extra);
+    if let Some(content) = &call.content {
+        insert_nonempty(&mut extra, "content", &content.extra);
+    }
+    for (key, value) in [
+        ("interaction", &call.interaction),
+        ("collaboration", &call.collaboration),
+        ("media", &call.media),
+    ] {
+        if let Some(value) = value {
+            extra.insert(key.to_string(), value.clone());
+        }
+    }
+    for (key, value) in &call.extra {
+        extra.insert(key.clone(), value.clone());
+    }
+    let mut unparsed = Map::new();
+    let started = meta.started.as_deref().and_then(|raw| {
+        let parsed = parse_gong_time(raw);
+        if parsed.is_none() {
+            unparsed.insert("started".into(), Value::String(raw.to_string()));
+        }
+        parsed
+    });
+    let scheduled = meta.scheduled.as_deref().and_then(|raw| {
+        let parsed = parse_gong_time(raw);
+        if parsed.is_none() {
+            unparsed.insert("scheduled".into(), Value::String(raw.to_string()));
+        }
+        parsed
+    });
+    if !unparsed.is_empty() {
+        extra.insert("unparsedTimes".into(), Value::Object(unparsed));
+    }
+    let brief = call
+        .content
+        .as_ref()
+        .and_then(|content| content.brief.as_deref());
+    tables.get_mut(Table::Calls).push(vec![
+        Cell::Text(Some(event_id)),
+        Cell::Text(Some(&event.raw_event_id)),
+        Cell::Text(event.replay_run_id.as_deref()),
+        Cell::Text(Some(call_id)),
+        Cell::Micros(started),
+        Cell::Micros(scheduled),
+        Cell::Text(meta.title.as_deref()),
+        Cell::Int(meta.duration.map(|seconds| seconds.round() as i64)),
+        Cell::Text(meta.direction.as_deref()),
+        Cell::Text(meta.scope.as_deref()),
+        Cell::Text(meta.system.as_deref()),
+        Cell::Text(meta.media.as_deref()),
+        Cell::Text(meta.language.as_deref()),
+        Cell::Text(meta.primary_user_id.as_deref()),
+        Cell::Text(meta.workspace_id.as_deref()),
+        Cell::Bool(meta.is_private),
+        Cell::Text(meta.url.as_deref()),
+        Cell::Text(meta.meeting_url.as_deref()),
+        Cell::Text(meta.purpose.as_deref()),
+        Cell::Text(brief),
+        Cell::Micros(Some(micros(&event.received_at))),
+        Cell::Micros(Some(micros(&event.fetched_at))),
+        Cell::Int(Some(event.raw_stream_seq as i64)),
+        Cell::Int(Some(stream_seq as i64)),
+        Cell::Owned(json_text(&extra)),
+    ]);
+
+    for party in call.parties.iter().flatten() {
+        tables.get_mut(Table::CallParticipants).push(vec![
+            Cell::Text(Some(event_id)),
+            Cell::Text(Some(call_id)),
+            Cell::Text(party.id.as_deref()),
+            Cell::Text(party.speaker_id.as_deref()),
+            Cell::Text(party.user_id.as_deref()),
+            Cell::Text(party.name.as_deref()),
+            Cell::Text(party.email_address.as_deref()),
+            Cell::Text(party.title.as_deref()),
+            Cell::Text(party.affiliation.as_deref()),
+            Cell::Text(party.phone_number.as_deref()),
+            Cell::Owned(json_text(&party.extra)),
+        ]);
+    }
+
+    for (monologue_index, monologue) in event.transcript.iter().flatten().enumerate() {
+        for (sentence_index, sentence) in monologue.sentences.iter().enumerate() {
+            tables.get_mut(Table::CallTranscriptSentences).push(vec![
+                Cell::Text(Some(event_id)),
+                Cell::Text(Some(call_id)),
+                Cell::Text(monologue.speaker_id.as_deref()),
+                Cell::Text(monologue.topic.as_deref()),
+                Cell::Int(Some(monologue_index as i64)),
+                Cell::Int(Some(sentence_index as i64)),
+                Cell::Int(Some(sentence.start)),
+                Cell::Int(Some(sentence.end)),
+                Cell::Text(Some(&sentence.text)),
+            ]);
+        }
+    }
+
+    if let Some(content) = &call.content {
+        for tracker in content.trackers.iter().flatten() {
+            tables.get_mut(Table::CallTrackers).push(vec![
+                Cell::Text(Some(event_id)),
+                Cell::Text(Some(call_id)),
+                Cell::Text(tracker.id.as_deref()),
+                Cell::Text(tracker.name.as_deref()),
+                Cell::Text(tracker.kind.as_deref()),
+                Cell::Int(tracker.count),
+                Cell::Owned(json_text(&tracker.extra)),
+            ]);
+        }
+        for topic in content.topics.iter().flatten() {
+            tables.get_mut(Table::CallTopics).push(vec![
+                Cell::Text(Some(event_id)),
+                Cell::Text(Some(call_id)),
+                Cell::Text(topic.name.as_deref()),
+                Cell::Float(topic.duration),
+                Cell::Owned(json_text(&topic.extra)),
+            ]);
+        }
+    }
+
+    for context in call.context.iter().flatten() {
+        for object in context.objects.iter().flatten() {
+            for field in object.fields.iter().flatten() {
+                tables.get_mut(Table::CallContextFields).push(vec![
+                    Cell::Text(Some(event_id)),
+                    Cell::Text(Some(call_id)),
+                    Cell::Text(context.system.as_deref()),
+                    Cell::Text(object.object_type.as_deref()),
+                    Cell::Text(object.object_id.as_deref()),
+                    Cell::Text(field.name.as_deref()),
+                    Cell::Owned(serde_json::to_string(&field.value).ok()),
+                ]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+
+    fn event() -> EnrichedEvent {
+        let raw = serde_json::json!({
+            "schema_version": 1,
+            "event_id": "ev1",
+            "raw_event_id": "ev1",
+            "raw_stream_seq": 3,
+            "received_at": "2024-05-06T07:08:09Z",
+            "fetched_at": "2024-05-06T07:09:00Z",
+            "call": {
+                "metaData": {"id": "7782342274025937895", "started": "2024-01-02T03:04:05.123456-08:00",
+                              "duration": 1830, "isPrivate": false, "newField": 1},
+                "parties": [{"id": "1", "speakerId": "55", "name": "Ann", "emailAddress": "a@x", "methods": ["x"]}],
+                "content": {"brief": "b", "topics": [{"name": "Pricing", "duration": 12.5}],
+                            "trackers": [{"id": "9", "name": "Competitors", "count": 2, "type": "KEYWORD"}],
+                            "outline": []},
+                "context": [{"system": "Salesforce", "objects": [{"objectType": "Account", "objectId": "001",
+                              "fields": [{"name": "Amount", "value": 1000}, {"name": "Name", "value": "Acme"}]}]}]
+            },
+            "transcript": [{"speakerId": "55", "topic": "Intro", "sentences": [{"start": 0, "end": 1500, "text": "hi"}, {"start": 1500, "end": 2000, "text": "there"}]}]
+        });
+        serde_json::from_value(raw).unwrap()
+    }
+
+    #[test]
+    fn one_event_gives_rows_in_every_table() {
+        let mut tables = TableSet::default();
+        append_event(&mut tables, &event(), 42);
+        let counts: Vec<usize> = tables.tables.iter().map(TableRows::len).collect();
+        assert_eq!(counts, vec![1, 1, 2, 1, 1, 2]);
+        let calls = tables.get_mut(Table::Calls).take_batch().unwrap();
+        let started = calls
+            .column_by_name("started")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(0);
+        // 03:04:05.123456 at -08:00 is 11:04:05.123456 UTC.
+        assert_eq!(
+            started,
+            parse_gong_time("2024-01-02T11:04:05.123456Z").unwrap()
+        );
+        let extra = calls
+            .column_by_name("extra_json")
+            .unwrap()
+            .as_string::<i32>();
+        let extra: Value = serde_json::from_str(extra.value(0)).unwrap();
+        assert_eq!(extra["metaData"]["newField"], 1);
+        assert!(extra["content"]["outline"].is_array());
+        let seq = calls.column_by_name("enriched_stream_seq").unwrap();
+        assert!(!seq.is_null(0));
+        let context = tables
+            .get_mut(Table::CallContextFields)
+            .take_batch()
+            .unwrap();
+        let values = context
+            .column_by_name("value_json")
+            .unwrap()
+            .as_string::<i32>();
+        assert_eq!(values.value(0), "1000");
+        assert_eq!(values.value(1), "\"Acme\"");
+    }
+
+    #[test]
+    fn gong_times_with_and_without_fraction_parse() {
+        assert_eq!(
+            parse_gong_time("2024-01-02T03:04:05Z"),
+            Some(1_704_164_645_000_000)
+        );
+        assert_eq!(
+            parse_gong_time("2024-01-02T04:04:05+01:00"),
+            Some(1_704_164_645_000_000)
+        );
+        assert_eq!(parse_gong_time("yesterday"), None);
+    }
+}

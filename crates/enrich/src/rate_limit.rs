@@ -80,6 +80,8 @@ impl QuotaState {
 /// A slot was taken.
 #[derive(Debug, Clone, Copy)]
 pub struct Grant {
+    /// Unix milliseconds recorded for this request in the shared window.
+    pub at_ms: i64,
     /// Requests left today after this one.
     pub remaining_today: u64,
 }
@@ -171,6 +173,7 @@ impl RateLimiter {
             if self.store(&state, revision).await? {
                 self.publish_gauges(&state);
                 return Ok(Grant {
+                    at_ms: now,
                     remaining_today: self.config.daily_quota.saturating_sub(state.day_count),
                 });
             }

@@ -1,1 +1,9 @@
+//! gong-enrich against a real nats-server and the Gong double.
 
+mod support;
+
+mod enrichment;
+mod faults;
+mod process;
+mod quota;
+mod replay;

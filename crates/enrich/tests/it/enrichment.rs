@@ -1,0 +1,174 @@
+//! The happy path: every raw call event becomes one enriched event, cheaply.
+
+use gong_common::names::{self, headers};
+use gong_testkit::gong_double::{EXTENSIVE_PATH, TRANSCRIPT_PATH};
+use gong_testkit::webhook::call_body;
+
+use crate::support::{by_call_id, header, Harness};
+
+#[tokio::test]
+async fn every_call_is_enriched_with_content_and_transcript() {
+    let harness = Harness::start(50, 100_000).await;
+    let private_call = "9000000000000000005";
+    harness.gong.make_private(private_call);
+    let mut raw = Vec::new();
+    for offset in 0..20u64 {
+        let call_id = (9_000_000_000_000_000_000u64 + offset).to_string();
+        let (seq, event_id) = harness.publish_raw(&call_id).await;
+        raw.push((call_id, seq, event_id));
+    }
+    // A rule-editor test delivery: stored for inspection, never enriched.
+    harness
+        .publish_body(
+            names::SUBJECT_RAW_TEST,
+            &call_body("9100000000000000000", true),
+            Some("9100000000000000000"),
+        )
+        .await;
+    let config = harness.config(&harness.env(50));
+    let _enricher = harness.enricher(config).await;
+
+    harness.wait_enriched(20).await;
+    harness.wait_consumer_drained().await;
+    let enriched = harness.enriched().await;
+    assert_eq!(enriched.len(), 20);
+    let calls = by_call_id(&enriched);
+    assert!(!calls.contains_key("9100000000000000000"));
+    for (message, event) in &enriched {
+        let (call_id, seq, event_id) = raw
+            .iter()
+            .find(|(call_id, _, _)| Some(call_id.as_str()) == event.call_id())
+            .expect("a raw event for every enriched one");
+        assert_eq!(
+            &event.event_id, event_id,
+            "live event id is the raw event id"
+        );
+        assert_eq!(&event.raw_event_id, event_id);
+        assert_eq!(event.raw_stream_seq, *seq);
+        assert!(event.replay_run_id.is_none());
+        assert_eq!(header(message, "Nats-Msg-Id"), Some(event_id.as_str()));
+        assert_eq!(
+            header(message, headers::RAW_EVENT_ID),
+            Some(event_id.as_str())
+        );
+        assert_eq!(
+            header(message, headers::RAW_SEQ),
+            Some(seq.to_string().as_str())
+        );
+        assert_eq!(header(message, headers::CALL_ID), Some(call_id.as_str()));
+        assert!(header(message, headers::REPLAY_RUN).is_none());
+        let content = event.call.content.as_ref().expect("content");
+        assert!(content.brief.is_some());
+        assert!(!content.topics.as_ref().expect("topics").is_empty());
+        assert!(content.extra.contains_key("keyPoints"));
+        assert!(!event.call.parties.as_ref().expect("parties").is_empty());
+        assert!(event.call.context.is_some(), "crm context");
+        assert!(
+            event.call.media.is_none(),
+            "media is not selected by default"
+        );
+        if call_id == private_call {
+            assert!(event.call.is_private());
+            assert!(
+                event.transcript.is_none(),
+                "private calls have no transcript"
+            );
+        } else {
+            let transcript = event.transcript.as_ref().expect("transcript");
+            assert!(transcript.len() >= 4);
+            let speakers: Vec<&str> = event
+                .call
+                .parties
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter_map(|party| party.speaker_id.as_deref())
+                .collect();
+            for monologue in transcript {
+                assert!(speakers.contains(&monologue.speaker_id.as_deref().unwrap()));
+                assert!(monologue.sentences.iter().all(|s| s.end > s.start));
+            }
+        }
+    }
+    let stats = harness.gong.stats();
+    assert_eq!(stats.violations(), 0);
+    assert_eq!(harness.count(names::STREAM_DLQ).await, 0);
+    // The private call is never asked for in a transcript request; the test call never at all.
+    assert!(stats.requests_to(EXTENSIVE_PATH) >= 1);
+    assert!(stats.requests_to(TRANSCRIPT_PATH) >= 1);
+}
+
+#[tokio::test]
+async fn a_burst_of_500_costs_at_most_three_requests_per_hundred_calls() {
+    let harness = Harness::start(50, 100_000).await;
+    let ids = harness.publish_calls(7_000_000_000, 500).await;
+    let config = harness.config(&harness.env(50));
+    let _enricher = harness.enricher(config).await;
+
+    harness.wait_enriched(500).await;
+    harness.wait_consumer_drained().await;
+    let enriched = harness.enriched().await;
+    let calls = by_call_id(&enriched);
+    assert_eq!(calls.len(), ids.len());
+    let stats = harness.gong.stats();
+    let requests = stats.call_requests();
+    assert!(
+        requests as f64 / 500.0 <= 0.03,
+        "{requests} gong requests for 500 calls: {stats:?}"
+    );
+    assert!(
+        stats
+            .call_ids_per_request
+            .iter()
+            .filter(|count| **count == 100)
+            .count()
+            >= 8,
+        "batches are full: {:?}",
+        stats.call_ids_per_request
+    );
+    assert_eq!(stats.violations(), 0);
+}
+
+#[tokio::test]
+async fn metrics_are_exported_under_their_contract_names() {
+    let harness = Harness::start(50, 100_000).await;
+    harness.publish_calls(6_000_000_000, 5).await;
+    harness.gong.set_fault(
+        gong_testkit::gong_double::Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    let config = harness.config(&harness.env(50));
+    let enricher = harness.enricher(config).await;
+    harness.wait_enriched(5).await;
+    let url = format!("http://{}/metrics", enricher.running.admin_addr);
+    let wanted = [
+        "gong_enrich_api_requests_total{endpoint=\"extensive\",status=\"200\"}",
+        "gong_enrich_api_requests_total{endpoint=\"extensive\",status=\"429\"}",
+        "gong_enrich_api_request_duration_seconds_bucket{endpoint=\"extensive\"",
+        "gong_enrich_batch_size_bucket",
+        "gong_enrich_calls_per_request_bucket",
+        "gong_enrich_quota_remaining_today",
+        "gong_enrich_quota_exhausted",
+        "gong_enrich_rate_limited_total",
+        "gong_enrich_events_total{outcome=\"enriched\"}",
+        "gong_enrich_consumer_pending",
+    ];
+    let body = gong_testkit::wait_until(crate::support::TIMEOUT, "all metrics exported", || {
+        let url = url.clone();
+        async move {
+            let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            wanted
+                .iter()
+                .all(|name| body.contains(name))
+                .then_some(body)
+        }
+    })
+    .await;
+    assert!(!body.contains(gong_testkit::gong_double::DEFAULT_ACCESS_KEY_SECRET));
+    let ready = reqwest::get(format!("http://{}/readyz", enricher.running.admin_addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+}

@@ -734,10 +734,15 @@ def check_monitoring(c: Checker, repo: Path) -> None:
         [f"no alert on {m}" for m in sorted(wanted_alert_metrics - rule_metrics)],
     )
     all_exprs = " ".join(rule["expr"] for rule in alerts)
+    dead_lettered = {
+        metric
+        for metric, matcher in re.findall(r'(gong_[a-z_]+)\{outcome=~?"([^"]*)"', all_exprs)
+        if "dead_lettered" in matcher.split("|")
+    }
     c.check(
         "PrometheusRule alerts on dead-lettering in ingest and enrich",
-        'gong_ingest_requests_total{outcome="dead_lettered"}' in all_exprs
-        and 'gong_enrich_events_total{outcome="dead_lettered"}' in all_exprs,
+        {"gong_ingest_requests_total", "gong_enrich_events_total"} <= dead_lettered,
+        f"dead_lettered matched on {sorted(dead_lettered)}",
     )
 
     dashboard = json.loads((repo / "deploy/monitoring/grafana-dashboard.json").read_text())
@@ -1000,6 +1005,47 @@ def check_jobs(c: Checker, repo: Path) -> None:
         c.check(f"replay Job for gong-{stage} runs `gong-{stage} replay`, hardened, with the {stage} egress", ok)
 
 
+def github_anchor(heading: str) -> str:
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def check_runbook(c: Checker, repo: Path) -> None:
+    path = repo / "docs/operations.md"
+    if not c.check("docs/operations.md exists", path.exists()):
+        return
+    text = path.read_text()
+    anchors = {github_anchor(m) for m in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+    rule_doc = yaml.safe_load((repo / "deploy/monitoring/prometheusrule.yaml").read_text())
+    links = {
+        rule["annotations"]["runbook_url"].split("#", 1)[1]
+        for group in rule_doc["spec"]["groups"]
+        for rule in group["rules"]
+        if "#" in (rule.get("annotations") or {}).get("runbook_url", "")
+    }
+    links |= set(re.findall(r"\]\(#([^)]+)\)", text))
+    c.problems(
+        "runbook links (alerts and docs) point at headings of docs/operations.md",
+        [f"#{link} has no heading" for link in sorted(links - anchors)],
+    )
+    topics = {
+        "helm install of NATS": "helm upgrade --install nats",
+        "kubectl apply -k of the prod overlay": "kubectl apply -k deploy/k8s/overlays/prod",
+        "Snowflake setup.sql": "deploy/snowflake/setup.sql",
+        "webhook key rotation with two keys": "GONG_WEBHOOK_SECRETS=\"<old>,<new>\"",
+        "Snowflake RSA_PUBLIC_KEY_2": "RSA_PUBLIC_KEY_2",
+        "enrich replay": "gong-enrich replay --from-seq N",
+        "load replay": "gong-load replay --from-seq N",
+        "replay as a Job": "deploy/k8s/jobs/replay.sh",
+        "enrich replicas sharing the quota": "more enrich replicas never",
+    }
+    c.problems(
+        "docs/operations.md covers deploy, rotation, replay",
+        [f"no mention of {what}" for what, needle in topics.items() if needle not in text],
+    )
+
+
 def check_no_secrets(c: Checker, repo: Path) -> None:
     patterns = {
         "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
@@ -1032,6 +1078,7 @@ def main() -> int:
     check_dockerfile(c, repo)
     check_build_context(c, repo)
     check_jobs(c, repo)
+    check_runbook(c, repo)
     check_no_secrets(c, repo)
 
     print(f"{c.passed} passed, {c.failed} failed")

@@ -397,9 +397,13 @@ async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> Batc
         }
     }
     settlements.sort_by_key(|(index, _, _)| *index);
+    let mut handed_back = 0usize;
+    let mut dead_lettered = 0usize;
     for (index, outcome, label) in settlements {
-        if label == "enriched" {
-            report.enriched += 1;
+        match &outcome {
+            Outcome::Done => report.enriched += 1,
+            Outcome::Retry { .. } => handed_back += 1,
+            Outcome::Poison { .. } => dead_lettered += 1,
         }
         if let Err(err) = settle(&worker.jetstream, Stage::Enrich, &messages[index], outcome).await
         {
@@ -409,6 +413,21 @@ async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> Batc
         metrics::event(label);
     }
 
+    if handed_back > 0 || dead_lettered > 0 {
+        tracing::info!(
+            batch = messages.len(),
+            enriched = report.enriched,
+            handed_back,
+            dead_lettered,
+            "batch settled"
+        );
+    } else {
+        tracing::debug!(
+            batch = messages.len(),
+            enriched = report.enriched,
+            "batch settled"
+        );
+    }
     if let Some(detail) = auth_detail {
         report.auth_fault = true;
         tracing::error!(error = %detail, retry_in_secs = worker.config.auth_retry_delay.as_secs(), "gong refused the access key; check GONG_ACCESS_KEY and GONG_ACCESS_KEY_SECRET");

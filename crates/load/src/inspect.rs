@@ -5,6 +5,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Inspecting failed.
@@ -109,6 +111,7 @@ pub fn inspect(path: &Path, rows: usize, out: &mut dyn Write) -> Result<usize, I
         let mut writer = arrow::json::LineDelimitedWriter::new(&mut *out);
         for batch in reader {
             let batch = batch.map_err(|err| parquet_error(err.to_string()))?;
+            let batch = displayable(&batch).map_err(|err| parquet_error(err.to_string()))?;
             writer
                 .write(&batch)
                 .map_err(|err| parquet_error(err.to_string()))?;
@@ -118,4 +121,25 @@ pub fn inspect(path: &Path, rows: usize, out: &mut dyn Write) -> Result<usize, I
             .map_err(|err| parquet_error(err.to_string()))?;
     }
     Ok(files.len())
+}
+
+/// `batch` with named-zone timestamps (`"UTC"`) recast to the `+00:00` offset, which arrow can
+/// render without a time-zone database. Values are unchanged (UTC instants).
+pub fn displayable(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match field.data_type() {
+            DataType::Timestamp(unit, Some(_)) => {
+                let offset = DataType::Timestamp(*unit, Some("+00:00".into()));
+                columns.push(arrow::compute::cast(column, &offset)?);
+                fields.push(Field::new(field.name(), offset, field.is_nullable()));
+            }
+            _ => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
 }

@@ -187,8 +187,11 @@ impl Loader {
         let seq = info.stream_sequence;
         metrics::consumer_pending(info.pending);
         let decoded = decode(&message.payload);
-        // Keep only what acking needs; the rows are built from `decoded`.
-        message.message.payload = bytes::Bytes::new();
+        if matches!(decoded, Decoded::Event(_)) {
+            // Keep only what acking needs; the rows are built from `decoded`. Poison keeps its
+            // payload for the dead-letter copy.
+            message.message.payload = bytes::Bytes::new();
+        }
 
         if let Some(batch) = &mut self.batch {
             if seq >= batch.first && seq < batch.next {

@@ -21,7 +21,9 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::rows::{append_event, TableSet};
-use crate::schema::{Table, META_RANGE_FIRST, META_RANGE_LAST};
+use crate::schema::{
+    Table, META_RANGE_FIRST, META_RANGE_LAST, META_SCHEMA_VERSION, META_TABLE, SCHEMA_VERSION,
+};
 
 /// Builder rows buffered before they are handed to the Parquet writers.
 const CHUNK_ROWS: usize = 8192;
@@ -232,6 +234,14 @@ impl Spool {
             let Some(mut writer) = self.writers[table.index()].take() else {
                 continue;
             };
+            writer.append_key_value_metadata(KeyValue::new(
+                META_SCHEMA_VERSION.to_string(),
+                SCHEMA_VERSION.to_string(),
+            ));
+            writer.append_key_value_metadata(KeyValue::new(
+                META_TABLE.to_string(),
+                table.name().to_string(),
+            ));
             writer.append_key_value_metadata(KeyValue::new(
                 META_RANGE_FIRST.to_string(),
                 first.to_string(),

@@ -111,10 +111,12 @@ pub fn setup_sql() -> String {
             .map(|column| column.name.to_ascii_uppercase());
         let parsed = json_column
             .map(|name| {
-                format!(
-                    ", TRY_PARSE_JSON(d.{name}) AS {}",
-                    name.trim_end_matches("_JSON")
-                )
+                let alias = match name.trim_end_matches("_JSON") {
+                    // VALUE is a keyword-like name in Snowflake; keep the alias unambiguous.
+                    "VALUE" => "FIELD_VALUE",
+                    other => other,
+                };
+                format!(", TRY_PARSE_JSON(d.{name}) AS {alias}")
             })
             .unwrap_or_default();
         let _ = writeln!(

@@ -251,30 +251,32 @@ impl Stage {
             BufWriter::with_capacity(self.store.clone(), destination.clone(), PART_BYTES)
                 .with_max_concurrency(PART_CONCURRENCY);
         let mut total = 0u64;
-        let result: Result<(), StageError> = async {
+        let streamed: Result<(), StageError> = async {
             loop {
                 let mut chunk = vec![0u8; 1024 * 1024];
                 let read = file.read(&mut chunk).await.map_err(read_error)?;
                 if read == 0 {
-                    break;
+                    return Ok(());
                 }
                 chunk.truncate(read);
                 total += read as u64;
                 writer.put(Bytes::from(chunk)).await.map_err(write_error)?;
             }
-            writer.shutdown().await.map_err(|err| {
-                write_error(object_store::Error::Generic {
-                    store: "stage",
-                    source: Box::new(err),
-                })
-            })
         }
         .await;
-        if let Err(err) = result {
+        if let Err(err) = streamed {
             // Drop any uploaded parts; nothing partial becomes visible either way.
             let _ = writer.abort().await;
             return Err(err);
         }
+        // Completing the upload (or the single put) is what makes the object visible. A
+        // failure here leaves nothing visible; the writer cleans up its own state.
+        writer.shutdown().await.map_err(|err| {
+            write_error(object_store::Error::Generic {
+                store: "stage",
+                source: Box::new(err),
+            })
+        })?;
         Ok(total)
     }
 

@@ -3,11 +3,13 @@
 //! - [`nats::NatsServer`]: a real `nats-server -js` per test (free port, own store), stoppable
 //!   and restartable on the same port and store, killed and cleaned up on drop.
 //! - [`webhook`]: Gong-shaped webhook bodies and RS256 signing exactly as Gong signs them.
+//! - [`s3::MotoServer`]: moto's S3 server on a free port, for stage tests.
 //! - [`wait`]: polling observable state under a timeout (never sleeping for state).
 //! - [`gong_double`]: the Gong REST API double; [`sim`]: it as the `gong-sim serve` server.
 
 pub mod gong_double;
 pub mod nats;
+pub mod s3;
 pub mod sim;
 pub mod wait;
 pub mod webhook;

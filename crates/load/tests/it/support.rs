@@ -1,0 +1,327 @@
+//! Shared set-up: a nats-server per test, enriched events published directly, a local stage,
+//! and Parquet read back with the parquet crate.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use async_nats::jetstream;
+use gong_common::names;
+use gong_common::streams::{ensure_streams, StreamKind, StreamSettings};
+use gong_common::Env;
+use gong_load::{LoadConfig, Running};
+use gong_testkit::{wait_until, NatsServer};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio_util::sync::CancellationToken;
+
+/// Rows one [`event_json`] event gives per table, in `Table::ALL` order.
+pub const ROWS_PER_EVENT: [usize; 6] = [1, 2, 3, 1, 1, 1];
+
+/// The call id of event `index`.
+pub fn call_id(index: u64) -> String {
+    format!("{}", 7_000_000_000_000_000_000u64 + index)
+}
+
+/// An enriched event (schema version 1) for call `index`.
+pub fn event_json(index: u64) -> Vec<u8> {
+    serde_json::json!({
+        "schema_version": 1,
+        "event_id": format!("ev-{index}"),
+        "raw_event_id": format!("ev-{index}"),
+        "raw_stream_seq": index,
+        "received_at": "2024-03-04T05:06:07.123456Z",
+        "fetched_at": "2024-03-04T05:16:07Z",
+        "call": {
+            "metaData": {
+                "id": call_id(index),
+                "title": format!("Call {index}"),
+                "started": "2024-03-01T09:30:00.5-08:00",
+                "scheduled": "2024-03-01T09:30:00-08:00",
+                "duration": 1800,
+                "direction": "Outbound",
+                "scope": "External",
+                "primaryUserId": "234599484848423",
+                "workspaceId": "623457276584334",
+                "isPrivate": false,
+                "brandNewField": {"x": index}
+            },
+            "parties": [
+                {"id": "1", "speakerId": "6432345678555530067", "name": "Ann", "emailAddress": "ann@example.com", "affiliation": "Internal", "userId": "234599484848423"},
+                {"id": "2", "speakerId": "6432345678555530068", "name": "Bob", "affiliation": "External"}
+            ],
+            "content": {
+                "brief": "pricing talk",
+                "topics": [{"name": "Pricing", "duration": 120.5}],
+                "trackers": [{"id": "99", "name": "Competitors", "count": 3, "type": "KEYWORD"}]
+            },
+            "context": [{"system": "Salesforce", "objects": [{"objectType": "Opportunity", "objectId": "006x", "fields": [{"name": "Amount", "value": 1000}]}]}]
+        },
+        "transcript": [
+            {"speakerId": "6432345678555530067", "topic": "Intro", "sentences": [
+                {"start": 0, "end": 1200, "text": "hello"},
+                {"start": 1200, "end": 2500, "text": "how are you"}]},
+            {"speakerId": "6432345678555530068", "topic": "Intro", "sentences": [
+                {"start": 2500, "end": 3000, "text": "fine"}]}
+        ]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Creates the streams the way the stages do.
+pub async fn provision(nats: &NatsServer) -> jetstream::Context {
+    let jetstream = nats.jetstream().await;
+    ensure_streams(
+        &jetstream,
+        &StreamSettings::default(),
+        &[StreamKind::Enriched, StreamKind::Dlq],
+    )
+    .await
+    .expect("streams");
+    jetstream
+}
+
+/// Publishes `payload` on `gong.enriched.call` with a `Nats-Msg-Id`; returns its sequence.
+pub async fn publish(jetstream: &jetstream::Context, message_id: &str, payload: Vec<u8>) -> u64 {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+    jetstream
+        .publish_with_headers(names::SUBJECT_ENRICHED_CALL, headers, payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("publish ack")
+        .sequence
+}
+
+/// Publishes events `from..=to`.
+pub async fn publish_events(jetstream: &jetstream::Context, from: u64, to: u64) {
+    for index in from..=to {
+        publish(jetstream, &format!("ev-{index}"), event_json(index)).await;
+    }
+}
+
+/// Loader variables for a local stage.
+pub fn env_for(nats: &NatsServer, stage: &Path, extra: &[(&str, &str)]) -> Env {
+    let mut env = Env::from_pairs([
+        ("NATS_URL", nats.url()),
+        ("ADMIN_ADDR", "127.0.0.1:0".to_string()),
+        ("LOG_FORMAT", "pretty".to_string()),
+        ("NATS_REQUEST_TIMEOUT", "2s".to_string()),
+        ("STAGE_URL", format!("file://{}", stage.display())),
+        (
+            "LOAD_SPOOL_DIR",
+            stage.with_extension("spool").display().to_string(),
+        ),
+        ("LOAD_FLUSH_MAX_AGE", "1s".to_string()),
+        ("LOAD_ACK_WAIT", "4s".to_string()),
+        ("LOAD_RANGE_TAKEOVER_AFTER", "1s".to_string()),
+        ("LOAD_FLUSH_MAX_ROWS", "1000".to_string()),
+        ("LOAD_SHUTDOWN_GRACE", "5s".to_string()),
+    ]);
+    for (var, value) in extra {
+        env.set(*var, *value);
+    }
+    env
+}
+
+/// A nats-server, a stage directory and, once started, the loader in-process.
+pub struct Harness {
+    pub nats: NatsServer,
+    pub root: tempfile::TempDir,
+    pub jetstream: jetstream::Context,
+    pub loader: Option<(Running, CancellationToken)>,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let nats = NatsServer::start_new();
+        let jetstream = provision(&nats).await;
+        Harness {
+            nats,
+            root: tempfile::tempdir().expect("tempdir"),
+            jetstream,
+            loader: None,
+        }
+    }
+
+    pub fn stage_dir(&self) -> PathBuf {
+        self.root.path().join("stage")
+    }
+
+    pub fn env(&self, extra: &[(&str, &str)]) -> Env {
+        env_for(&self.nats, &self.stage_dir(), extra)
+    }
+
+    pub async fn start_loader(&mut self, extra: &[(&str, &str)]) {
+        let config = LoadConfig::from_env(&self.env(extra)).expect("config");
+        let shutdown = CancellationToken::new();
+        let running = gong_load::start(config, shutdown.clone())
+            .await
+            .expect("loader starts");
+        self.loader = Some((running, shutdown));
+    }
+
+    pub async fn stop_loader(&mut self) {
+        if let Some((running, shutdown)) = self.loader.take() {
+            shutdown.cancel();
+            running.task.await.expect("join").expect("clean stop");
+        }
+    }
+
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.loader.as_ref().expect("loader").0.admin_addr
+    }
+
+    /// Waits until the `load` consumer has delivered and acknowledged everything.
+    pub async fn wait_all_acked(&self) {
+        wait_all_acked(&self.jetstream).await
+    }
+}
+
+/// Waits until every message is acknowledged, which the loader does only once every file of
+/// its range is durable, so the stage read afterwards is complete.
+pub async fn wait_all_acked(jetstream: &jetstream::Context) {
+    wait_until(
+        Duration::from_secs(60),
+        "every message acknowledged by load",
+        || async {
+            let mut stream = jetstream.get_stream(names::STREAM_ENRICHED).await.ok()?;
+            let last = stream.info().await.ok()?.state.last_sequence;
+            let info = stream.consumer_info(names::CONSUMER_LOAD).await.ok()?;
+            (info.num_ack_pending == 0
+                && info.num_pending == 0
+                && info.ack_floor.stream_sequence >= last)
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// One staged file read back.
+#[derive(Debug, Clone)]
+pub struct FileContent {
+    pub rows: usize,
+    pub batches: Vec<RecordBatch>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Every `.parquet` file under `dir`, keyed by path relative to `dir`.
+pub fn read_stage(dir: &Path) -> BTreeMap<String, FileContent> {
+    let mut out = BTreeMap::new();
+    let Ok(files) = gong_load::inspect::parquet_files(dir) else {
+        return out;
+    };
+    for path in files {
+        let relative = path
+            .strip_prefix(dir)
+            .expect("under the stage")
+            .to_string_lossy()
+            .to_string();
+        out.insert(
+            relative,
+            read_parquet(&std::fs::read(&path).expect("read file")),
+        );
+    }
+    out
+}
+
+/// Reads a Parquet file with the parquet crate.
+pub fn read_parquet(bytes: &[u8]) -> FileContent {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(bytes))
+        .expect("parquet footer");
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+        .collect();
+    let batches: Vec<RecordBatch> = builder
+        .build()
+        .expect("reader")
+        .collect::<Result<_, _>>()
+        .expect("batches");
+    FileContent {
+        rows: batches.iter().map(RecordBatch::num_rows).sum(),
+        batches,
+        metadata,
+    }
+}
+
+/// Rows per table over a stage listing.
+pub fn rows_per_table(files: &BTreeMap<String, FileContent>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (path, content) in files {
+        let table = path.split('/').next().unwrap_or_default().to_string();
+        *out.entry(table).or_insert(0) += content.rows;
+    }
+    out
+}
+
+/// The event ids in the calls files.
+pub fn call_event_ids(files: &BTreeMap<String, FileContent>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (path, content) in files {
+        if !path.starts_with("calls/") {
+            continue;
+        }
+        for batch in &content.batches {
+            let column = batch
+                .column_by_name("event_id")
+                .expect("event_id")
+                .as_string::<i32>();
+            for index in 0..column.len() {
+                ids.push(column.value(index).to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// A readable rendering of every row of every file (to compare two stages).
+pub fn render_rows(files: &BTreeMap<String, FileContent>) -> BTreeMap<String, String> {
+    files
+        .iter()
+        .map(|(path, content)| {
+            let mut buffer = Vec::new();
+            {
+                let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
+                for batch in &content.batches {
+                    let batch = gong_load::inspect::displayable(batch).expect("render");
+                    writer.write(&batch).expect("render");
+                }
+                writer.finish().expect("render");
+            }
+            (path.clone(), String::from_utf8_lossy(&buffer).to_string())
+        })
+        .collect()
+}
+
+/// Waits until the stage holds `events` calls rows.
+pub async fn wait_calls_rows(dir: &Path, events: usize) -> BTreeMap<String, FileContent> {
+    let dir = dir.to_path_buf();
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{events} calls rows on the stage"),
+        || {
+            let dir = dir.clone();
+            async move {
+                let files = read_stage(&dir);
+                let rows = rows_per_table(&files).get("calls").copied().unwrap_or(0);
+                (rows >= events).then_some(files)
+            }
+        },
+    )
+    .await
+}
+
+/// Column is null-free text.
+pub fn assert_no_nulls(batch: &RecordBatch, column: &str) {
+    let array = batch
+        .column_by_name(column)
+        .unwrap_or_else(|| panic!("column {column}"));
+    assert_eq!(array.null_count(), 0, "{column} has nulls");
+}

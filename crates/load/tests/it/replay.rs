@@ -66,3 +66,31 @@ async fn replay_after_wiping_the_stage_reproduces_names_and_rows() {
     }
     assert!(partial.len() < live.len());
 }
+
+#[tokio::test]
+async fn replay_binary_ends_by_itself_and_rebuilds_the_same_files() {
+    let mut harness = Harness::new().await;
+    harness.start_loader(&[("LOAD_FLUSH_MAX_ROWS", "3")]).await;
+    publish_events(&harness.jetstream, 1, 7).await;
+    wait_calls_rows(&harness.stage_dir(), 7).await;
+    harness.wait_all_acked().await;
+    harness.stop_loader().await;
+    let live = render_rows(&read_stage(&harness.stage_dir()));
+    std::fs::remove_dir_all(harness.stage_dir()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gong-load"))
+        .args(["replay", "--since", "2000-01-01T00:00:00Z"])
+        .env_clear()
+        .env("NATS_URL", harness.nats.url())
+        .env(
+            "STAGE_URL",
+            format!("file://{}", harness.stage_dir().display()),
+        )
+        .env("LOAD_SPOOL_DIR", harness.root.path().join("spool"))
+        .env("LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("replayed 3 ranges"), "{stderr}");
+    assert_eq!(render_rows(&read_stage(&harness.stage_dir())), live);
+}

@@ -58,7 +58,7 @@ async fn a_spent_daily_quota_stops_pulling_without_violations() {
         (info.num_pending == 20 && info.num_ack_pending == 0).then_some(())
     })
     .await;
-    let jetstream = harness.nats.jetstream().await;
+    let jetstream = harness.jetstream.clone();
     let limiter = RateLimiter::open(
         &jetstream,
         harness.config(&env).quota,
@@ -82,7 +82,7 @@ async fn a_spent_daily_quota_stops_pulling_without_violations() {
 #[tokio::test]
 async fn backfill_leaves_headroom_and_the_daily_reserve_to_live() {
     let harness = Harness::start(3, 100_000).await;
-    let jetstream = harness.nats.jetstream().await;
+    let jetstream = harness.jetstream.clone();
     let config = QuotaConfig {
         rate_per_second: 3,
         daily_quota: 10,
@@ -120,7 +120,7 @@ async fn backfill_leaves_headroom_and_the_daily_reserve_to_live() {
 #[tokio::test]
 async fn concurrent_acquires_never_share_a_window_slot() {
     let harness = Harness::start(3, 100_000).await;
-    let jetstream = harness.nats.jetstream().await;
+    let jetstream = harness.jetstream.clone();
     let config = QuotaConfig {
         rate_per_second: 4,
         daily_quota: 1_000,

@@ -24,9 +24,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit and integration tests, real nats-server per test)"
 cargo test --workspace --locked
 
-if [ -x tests/deploy/check.sh ]; then
+if [ -f tests/deploy/check.sh ]; then
   step "deployment checks (kustomize render, strict validation, hardening, metric names)"
-  tests/deploy/check.sh
+  bash tests/deploy/check.sh
 fi
 
 if [ -x benches/quick.sh ]; then

@@ -403,14 +403,18 @@ struct ProbeMeta {
     id: Option<serde_json::Value>,
 }
 
+/// How an authenticated body is routed.
 #[derive(Debug)]
-struct Classified {
-    is_test: bool,
-    call_id: String,
+pub struct Classified {
+    /// `isTest`: stored on `gong.raw.test`.
+    pub is_test: bool,
+    /// `callData.metaData.id`.
+    pub call_id: String,
 }
 
-/// Routes a body: test delivery or call, with its call id; or why it cannot be understood.
-fn classify(body: &[u8]) -> Result<Classified, String> {
+/// Routes a body: test delivery or call, with its call id; or why it cannot be understood
+/// (the reason is safe to store and show). Public for the fuzz targets.
+pub fn classify(body: &[u8]) -> Result<Classified, String> {
     let probe: Probe = serde_json::from_slice(body).map_err(|err| {
         let mut reason = format!("body is not a JSON webhook: {err}");
         reason.truncate(200);

@@ -47,6 +47,12 @@ enum Command {
         /// Rows to print per file.
         #[arg(long, default_value_t = 10)]
         rows: usize,
+        /// Print a summary instead: files and rows per table, distinct calls, duplicates, samples.
+        #[arg(long)]
+        summary: bool,
+        /// With --summary: print it as one JSON object.
+        #[arg(long, requires = "summary")]
+        json: bool,
     },
 }
 
@@ -56,7 +62,24 @@ fn main() {
         Command::SnowflakeSql => {
             print!("{}", gong_load::snowflake::setup_sql());
         }
-        Command::Inspect { path, rows } => {
+        Command::Inspect {
+            path,
+            summary: true,
+            json,
+            ..
+        } => match gong_load::inspect::summary(&path) {
+            Ok(summary) if json => {
+                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            }
+            Ok(summary) => {
+                gong_load::inspect::print_summary(&summary, &mut std::io::stdout().lock())
+            }
+            Err(err) => {
+                eprintln!("gong-load: {err}");
+                std::process::exit(EXIT_RUNTIME);
+            }
+        },
+        Command::Inspect { path, rows, .. } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             if let Err(err) = gong_load::inspect::inspect(&path, rows, &mut out) {

@@ -60,7 +60,15 @@ fn parse_time(raw: &str) -> Result<DateTime<Utc>, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version print to stdout and succeed; usage errors exit 64 (EX_USAGE).
+            let code = if err.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = err.print();
+            std::process::exit(code);
+        }
+    };
     let env = Env::from_process();
     let dry_run = matches!(&cli.command, Some(Command::Replay(args)) if args.dry_run);
     let loaded = if dry_run {

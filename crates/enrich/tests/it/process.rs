@@ -48,6 +48,24 @@ fn bad_configuration_exits_64_naming_the_variable_not_the_secret() {
     assert!(!stderr.contains("s3cr3t"));
 }
 
+#[test]
+fn bad_replay_arguments_exit_64() {
+    for args in [
+        vec!["replay"],
+        vec!["replay", "--since", "yesterday"],
+        vec![
+            "replay",
+            "--from-seq",
+            "1",
+            "--since",
+            "2024-01-01T00:00:00Z",
+        ],
+    ] {
+        let output = Command::new(BIN).args(&args).env_clear().output().unwrap();
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {output:?}");
+    }
+}
+
 #[tokio::test]
 async fn replay_dry_run_prints_the_count_and_exits_0() {
     let harness = Harness::start(50, 100_000).await;
@@ -88,4 +106,72 @@ async fn replay_dry_run_prints_the_count_and_exits_0() {
     assert!(!stderr.contains(DEFAULT_ACCESS_KEY_SECRET));
     assert!(stderr.contains("replay progress") || stderr.contains("replay done"));
     assert_eq!(harness.count(gong_common::names::STREAM_ENRICHED).await, 7);
+}
+
+#[tokio::test]
+async fn the_service_enriches_and_sigterm_exits_cleanly_without_leaking_the_secret() {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    let harness = Harness::start(50, 100_000).await;
+    harness.publish_calls(1_750_000_000, 3).await;
+    let admin_port = gong_testkit::nats::free_port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("NATS_URL", harness.nats.url())
+        .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .env("GONG_API_BASE_URL", harness.gong.base_url())
+        .env("GONG_ACCESS_KEY", DEFAULT_ACCESS_KEY)
+        .env("GONG_ACCESS_KEY_SECRET", DEFAULT_ACCESS_KEY_SECRET)
+        .env("GONG_RATE_LIMIT_PER_SECOND", "50")
+        .env("ENRICH_BATCH_LINGER", "100ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain stderr all along: a full pipe would block the logging process.
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
+    harness.wait_enriched(3).await;
+    let http = reqwest::Client::new();
+    gong_testkit::wait_until(crate::support::TIMEOUT, "gong-enrich ready", || {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("http://127.0.0.1:{admin_port}/readyz"))
+                .send()
+                .await
+                .ok()?;
+            (response.status().as_u16() == 200).then_some(())
+        }
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, logs) = tokio::task::spawn_blocking(move || {
+        let code = child.wait().unwrap();
+        (code, logs.join().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.code(), Some(0), "logs: {logs}");
+    assert!(logs.contains("gong-enrich consuming"), "{logs}");
+    assert!(logs.contains("gong-enrich stopped"), "{logs}");
+    assert!(
+        !logs.contains(DEFAULT_ACCESS_KEY_SECRET),
+        "the access key secret leaked into the logs"
+    );
+    assert!(
+        !logs.to_ascii_lowercase().contains("basic "),
+        "the authorization header leaked into the logs"
+    );
 }

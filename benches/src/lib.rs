@@ -60,7 +60,9 @@ pub fn sibling_binary(name: &str) -> PathBuf {
         return candidate;
     }
     // `cargo run --bin` places binaries in target/<profile>/; examples in deps/ one level down.
-    dir.parent().map(|parent| parent.join(name)).unwrap_or(candidate)
+    dir.parent()
+        .map(|parent| parent.join(name))
+        .unwrap_or(candidate)
 }
 
 /// Kills a child process on drop.

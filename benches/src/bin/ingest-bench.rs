@@ -53,13 +53,18 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let key = TestKey::rule_a();
     let mut bodies = Vec::with_capacity(total);
     for index in 0..total {
-        let body = call_body(&format!("{}", 5_000_000_000_000_000_000u64 + index as u64), false);
+        let body = call_body(
+            &format!("{}", 5_000_000_000_000_000_000u64 + index as u64),
+            false,
+        );
         let token = key.sign_webhook(&body, WEBHOOK_URL, 3600);
         bodies.push((Bytes::from(body), format!("Bearer {token}")));
     }
     let payload_len = bodies[0].0.len();
 
-    println!("| concurrency | ingest req/s | p50 ms | p99 ms | p999 ms | ceiling publish/s | ratio |");
+    println!(
+        "| concurrency | ingest req/s | p50 ms | p99 ms | p999 ms | ceiling publish/s | ratio |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut chunks = bodies.chunks(args.requests);
     let mut peak_rss = 0.0f64;
@@ -131,7 +136,11 @@ async fn wait_ready(admin: u16) -> anyhow::Result<()> {
 }
 
 /// `concurrency` keep-alive connections, each sending its share sequentially.
-async fn drive(port: u16, bodies: Vec<(Bytes, String)>, concurrency: usize) -> anyhow::Result<Latencies> {
+async fn drive(
+    port: u16,
+    bodies: Vec<(Bytes, String)>,
+    concurrency: usize,
+) -> anyhow::Result<Latencies> {
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -174,7 +183,12 @@ async fn drive(port: u16, bodies: Vec<(Bytes, String)>, concurrency: usize) -> a
 }
 
 /// Publish-with-ack rate with `in_flight` publishers, each waiting for its ack (as ingest does).
-async fn raw_publish_rate(nats: &NatsServer, count: usize, in_flight: usize, payload_len: usize) -> anyhow::Result<f64> {
+async fn raw_publish_rate(
+    nats: &NatsServer,
+    count: usize,
+    in_flight: usize,
+    payload_len: usize,
+) -> anyhow::Result<f64> {
     let client = nats.client().await;
     let jetstream = gong_common::nats::jetstream_context(client, Duration::from_secs(5), 4096);
     gong_common::streams::ensure_streams(
@@ -199,7 +213,11 @@ async fn raw_publish_rate(nats: &NatsServer, count: usize, in_flight: usize, pay
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("ceiling-{index}").as_str());
                 jetstream
-                    .publish_with_headers(gong_common::names::SUBJECT_RAW_CALL, headers, payload.into())
+                    .publish_with_headers(
+                        gong_common::names::SUBJECT_RAW_CALL,
+                        headers,
+                        payload.into(),
+                    )
                     .await?
                     .await?;
             }

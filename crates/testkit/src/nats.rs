@@ -66,9 +66,36 @@ impl NatsServer {
         if self.child.is_some() {
             return;
         }
-        let store = self.dir.path().join("store");
+        // The free port picked at creation can be taken by another process before the server
+        // binds it (the machine is shared). On the first start a new port is tried; a restart
+        // must keep its port, so it retries the same one until the old socket is released.
+        let first_start = !self.store_dir().exists();
+        for attempt in 0..20 {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(reason) if attempt < 19 => {
+                    if first_start {
+                        self.port = free_port();
+                    } else {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    eprintln!("nats-server start attempt {attempt} failed ({reason}); retrying");
+                }
+                Err(reason) => panic!("{reason}"),
+            }
+        }
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let store = self.store_dir();
         let log = self.log_path();
-        let child = Command::new(NatsServer::binary())
+        let ready_count = |log: &Path| {
+            std::fs::read_to_string(log)
+                .map(|text| text.matches("Server is ready").count())
+                .unwrap_or(0)
+        };
+        let ready_before = ready_count(&log);
+        let mut child = Command::new(NatsServer::binary())
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("--store_dir")
@@ -81,15 +108,30 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|err| panic!("cannot spawn nats-server: {err}. {INSTALL_HINT}"));
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "nats-server exited with {status} before listening on {}; log: {}",
+                    self.port,
+                    log.display()
+                ));
+            }
+            // Our own log says when our process listens: another process on the same port
+            // (the free-port race) cannot fake that.
+            let ready = ready_count(&log) > ready_before;
+            if ready && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
             if Instant::now() > deadline {
-                panic!(
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
                     "nats-server did not listen on {} within 20s; log: {}",
                     self.port,
                     log.display()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

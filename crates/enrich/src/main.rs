@@ -25,6 +25,8 @@ enum Command {
     /// Re-drive a range of GONG_RAW through enrichment (new event ids, Gong-Replay-Run header),
     /// under the shared quota with backfill priority; exits 0 when the range is done.
     Replay(ReplayArgs),
+    /// Dead-letter tools: list, show, redrive, purge (uses NATS_URL).
+    Dlq(gong_common::cli::DlqArgs),
 }
 
 #[derive(Args)]
@@ -70,6 +72,10 @@ fn main() {
         }
     };
     let env = Env::from_process();
+    let cli = match cli.command {
+        Some(Command::Dlq(args)) => std::process::exit(gong_common::cli::dlq_main(&env, args)),
+        command => Cli { command },
+    };
     let dry_run = matches!(&cli.command, Some(Command::Replay(args)) if args.dry_run);
     let loaded = if dry_run {
         EnrichConfig::from_env_without_credentials(&env)
@@ -94,7 +100,8 @@ fn main() {
     let outcome = runtime.block_on(async {
         let shutdown = gong_common::shutdown::token_from_signals();
         match cli.command {
-            None => gong_enrich::run(config, shutdown).await,
+            // Handled before the config is loaded.
+            None | Some(Command::Dlq(_)) => gong_enrich::run(config, shutdown).await,
             Some(Command::Replay(args)) => {
                 let start = match (args.start.from_seq, args.start.since) {
                     (Some(seq), _) => ReplayStart::Sequence(seq),

@@ -40,6 +40,8 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Dead-letter tools: list, show, redrive, purge (uses NATS_URL).
+    Dlq(gong_common::cli::DlqArgs),
     /// Print schema and first rows of staged Parquet files (a file or a directory).
     Inspect {
         /// A .parquet file or a directory searched recursively.
@@ -88,6 +90,9 @@ fn main() {
             }
         }
         Command::Run => run(),
+        Command::Dlq(args) => {
+            std::process::exit(gong_common::cli::dlq_main(&Env::from_process(), args));
+        }
         Command::Replay {
             from_seq,
             since,

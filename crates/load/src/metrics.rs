@@ -73,3 +73,9 @@ pub fn range_taken_over() {
 pub fn dead_letter(reason: &str) {
     metrics::counter!("gong_load_dead_letters_total", "reason" => reason.to_string()).increment(1);
 }
+
+/// `gong_load_snowpipe_failures_total{table}`: files whose Snowpipe notification gave up after
+/// its retries (the file is staged; `ALTER PIPE ... REFRESH` picks it up).
+pub fn snowpipe_failure(table: Table) {
+    metrics::counter!("gong_load_snowpipe_failures_total", "table" => table.name()).increment(1);
+}

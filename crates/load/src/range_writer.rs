@@ -293,6 +293,7 @@ impl Ctx {
                 let paths = vec![file.relative.clone()];
                 tokio::spawn(async move {
                     if let Err(err) = snowpipe.insert_files(table, &paths).await {
+                        crate::metrics::snowpipe_failure(table);
                         tracing::error!(error = %err, path = %paths[0], "snowpipe notification failed; the file is staged, refresh the pipe");
                     }
                 });

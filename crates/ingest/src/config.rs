@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use gong_common::{CommonConfig, ConfigError, Env};
-use jsonwebtoken::DecodingKey;
 
 use crate::auth;
 
@@ -17,7 +16,7 @@ pub struct IngestConfig {
     /// `INGEST_ADDR` (default `0.0.0.0:8080`).
     pub listen_addr: SocketAddr,
     /// `GONG_WEBHOOK_SECRETS`: the rules' public keys, parsed.
-    pub webhook_keys: Vec<DecodingKey>,
+    pub webhook_keys: Vec<auth::RuleKey>,
     /// `GONG_WEBHOOK_URL`: the destination URL configured on the rule (JWT mode).
     pub webhook_url: Option<String>,
     /// `GONG_WEBHOOK_URL_TOKENS`: URL-mode tokens.

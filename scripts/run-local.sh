@@ -38,10 +38,13 @@ echo "==> building (debug profile)"
 cargo build --quiet --bins -p gong-ingest -p gong-enrich -p gong-load -p gong-testkit
 BIN=target/debug
 
-# Fixed loopback ports, away from a system nats-server on 4222.
+# Fixed loopback ports (override with the variables), away from a system nats-server on 4222.
 NATS_PORT=${NATS_PORT:-14222}
 SIM_PORT=${SIM_PORT:-18090}
 INGEST_PORT=${INGEST_PORT:-18080}
+ADMIN_INGEST=${ADMIN_INGEST:-19091}
+ADMIN_ENRICH=${ADMIN_ENRICH:-19092}
+ADMIN_LOAD=${ADMIN_LOAD:-19093}
 if [ "$KEEP" -eq 0 ] && [ -d "$DIR" ]; then rm -rf "$DIR/nats" "$DIR/stage" "$DIR/logs"; fi
 mkdir -p "$DIR/nats" "$DIR/logs" "$DIR/stage"
 DIR_ABS=$(cd "$DIR" && pwd)
@@ -95,18 +98,18 @@ echo "==> starting"
 start nats-server nats-server -c "$DIR/nats.conf"
 start gong-sim "$BIN/gong-sim" serve --addr "127.0.0.1:$SIM_PORT" \
   --access-key "$ACCESS_KEY" --access-key-secret "$ACCESS_SECRET"
-start gong-ingest env INGEST_ADDR="127.0.0.1:$INGEST_PORT" ADMIN_ADDR=127.0.0.1:19091 \
+start gong-ingest env INGEST_ADDR="127.0.0.1:$INGEST_PORT" ADMIN_ADDR="127.0.0.1:$ADMIN_INGEST" \
   GONG_WEBHOOK_SECRETS="$(cat crates/testkit/keys/rule_a.pub.pem)" \
   GONG_WEBHOOK_URL="http://127.0.0.1:$INGEST_PORT/webhooks/gong" \
   "$BIN/gong-ingest"
-start gong-enrich env ADMIN_ADDR=127.0.0.1:19092 GONG_API_BASE_URL="http://127.0.0.1:$SIM_PORT" \
+start gong-enrich env ADMIN_ADDR="127.0.0.1:$ADMIN_ENRICH" GONG_API_BASE_URL="http://127.0.0.1:$SIM_PORT" \
   GONG_ACCESS_KEY="$ACCESS_KEY" GONG_ACCESS_KEY_SECRET="$ACCESS_SECRET" \
   "$BIN/gong-enrich"
-start gong-load env ADMIN_ADDR=127.0.0.1:19093 STAGE_URL="file://$STAGE" LOAD_FLUSH_MAX_AGE=5s \
+start gong-load env ADMIN_ADDR="127.0.0.1:$ADMIN_LOAD" STAGE_URL="file://$STAGE" LOAD_FLUSH_MAX_AGE=5s \
   "$BIN/gong-load"
-wait_ready gong-ingest 19091
-wait_ready gong-enrich 19092
-wait_ready gong-load 19093
+wait_ready gong-ingest "$ADMIN_INGEST"
+wait_ready gong-enrich "$ADMIN_ENRICH"
+wait_ready gong-load "$ADMIN_LOAD"
 
 staged_calls() {
   local n

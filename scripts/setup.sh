@@ -10,7 +10,8 @@ for arg in "$@"; do
     --test) want_test_tools=1 ;;
     -h|--help)
       echo "usage: scripts/setup.sh [--test]"
-      echo "  installs nats-server (apt) when missing; --test also installs moto[server] and kubernetes-validate (pip)"
+      echo "  installs nats-server (apt) when missing; --test also installs the test helpers from PyPI:"
+      echo "  moto[server], kubernetes-validate, PyJWT, cryptography, nats-py, pyarrow, duckdb"
       exit 0 ;;
   esac
 done
@@ -43,6 +44,9 @@ if ! have_nats; then
     exit 1
   fi
 fi
+if ! command -v curl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null || true
+fi
 # Debian installs it under /usr/sbin, which is not always on a user's PATH.
 if ! command -v nats-server >/dev/null 2>&1 && [ -x /usr/sbin/nats-server ]; then
   export PATH="$PATH:/usr/sbin"
@@ -53,6 +57,10 @@ if [ "$want_test_tools" -eq 1 ]; then
   if ! "$py" -c 'import moto.server' >/dev/null 2>&1; then
     echo "setup: installing moto[server] (S3 test double) from PyPI"
     "$py" -m pip install -q --disable-pip-version-check 'moto[server]>=5' >/dev/null
+  fi
+  if ! "$py" -c 'import jwt, nats, pyarrow, duckdb, cryptography' >/dev/null 2>&1; then
+    echo "setup: installing PyJWT, cryptography, nats-py, pyarrow, duckdb (independent interop checks)"
+    "$py" -m pip install -q --disable-pip-version-check PyJWT cryptography nats-py pyarrow duckdb >/dev/null
   fi
   if ! command -v kubernetes-validate >/dev/null 2>&1 && ! "$py" -c 'import kubernetes_validate' >/dev/null 2>&1; then
     echo "setup: installing kubernetes-validate from PyPI"

@@ -21,8 +21,17 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build (binaries the end-to-end tests run as processes)"
+cargo build --workspace --bins --locked
+
 step "cargo test (unit and integration tests, real nats-server per test)"
 cargo test --workspace --locked
+
+step "interop: PyJWT-signed webhooks, nats-py reading GONG_RAW, pyarrow and DuckDB reading the stage"
+python3 tests/interop/check_interop.py
+
+step "the README's run command, once"
+scripts/run-local.sh --once --count 200 --dir target/run-local
 
 if [ -f tests/deploy/check.sh ]; then
   step "deployment checks (kustomize render, strict validation, hardening, metric names)"

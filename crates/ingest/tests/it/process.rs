@@ -117,3 +117,59 @@ async fn url_token_never_reaches_logs_and_sigterm_exits_cleanly() {
         "the URL token leaked into the logs"
     );
 }
+
+#[tokio::test]
+async fn dlq_commands_list_show_redrive_and_purge() {
+    let harness = crate::support::Harness::start().await;
+    let response = harness
+        .http
+        .post(harness.url(&format!("/webhooks/gong/{URL_TOKEN}")))
+        .body("definitely not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let nats_url = harness.nats.url();
+    let dlq = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("dlq")
+            .args(args)
+            .env_clear()
+            .env("NATS_URL", &nats_url)
+            .output()
+            .unwrap()
+    };
+    let listed = dlq(&["list", "--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let line = String::from_utf8(listed.stdout).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(entry["reason"], "unparseable_webhook");
+    assert_eq!(entry["stage"], "ingest");
+    let seq = entry["seq"].as_u64().unwrap().to_string();
+
+    let shown = dlq(&["show", &seq]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("definitely not json"));
+
+    let refused = dlq(&["purge"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "purge without --all must refuse"
+    );
+
+    let redriven = dlq(&["redrive", &seq]);
+    assert!(
+        redriven.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redriven.stderr)
+    );
+    assert_eq!(harness.count(crate::support::raw_stream()).await, 1);
+    assert_eq!(harness.count(gong_common::names::STREAM_DLQ).await, 0);
+
+    let purged = dlq(&["purge", "--all"]);
+    assert!(String::from_utf8_lossy(&purged.stdout).contains("purged 0"));
+}

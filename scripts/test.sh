@@ -21,6 +21,19 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo deny (bans, licenses, sources; see deny.toml for advisories)"
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  if [ "${CI:-}" = "true" ]; then
+    # A debug build of the tool compiles in a fraction of the release build's time.
+    cargo install --locked --debug cargo-deny
+  else
+    echo "cargo-deny not installed: skipping (install with: cargo install --locked cargo-deny)"
+  fi
+fi
+if command -v cargo-deny >/dev/null 2>&1; then
+  cargo deny --workspace check bans licenses sources
+fi
+
 step "cargo build (binaries the end-to-end tests run as processes)"
 cargo build --workspace --bins --locked
 

@@ -8,8 +8,9 @@
 //! - `seq` at or after the batch's next sequence → appended; a gap is filled by reading the
 //!   missing sequences from the stream, so the batch is always exactly `first..=next-1`;
 //! - `seq` below the head of the manifest → covered by a recorded range: acknowledged if that
-//!   range is done, rewritten (takeover) if it is pending and older than
-//!   `LOAD_RANGE_TAKEOVER_AFTER`, otherwise nak'd with a delay.
+//!   range is done, rewritten (takeover) if it is pending and either this loader's own (a
+//!   flush that failed after its claim) or older than `LOAD_RANGE_TAKEOVER_AFTER`, otherwise
+//!   nak'd with a delay.
 //!
 //! A batch starts at the manifest's head and is flushed on rows, bytes, age (a timer that fires
 //! without traffic) or shutdown: claim the range (CAS), upload every table's file, then ack the
@@ -505,7 +506,13 @@ impl Loader {
         }
         let age = chrono::Utc::now() - record.updated_at;
         let stale = age.to_std().unwrap_or_default() >= self.ctx.config.takeover_after;
-        if record.owner == self.ctx.ranges.owner() || !stale {
+        // This loader writes one range at a time, inline, so a pending range it owns is not
+        // being written now: its flush failed after the claim (for instance a claim whose
+        // answer was lost in a NATS outage although the server stored it). Nobody else will
+        // take it over while this owner lives: rewrite it now. Another owner's range only
+        // once it is stale.
+        let mine = record.owner == self.ctx.ranges.owner();
+        if !mine && !stale {
             nak(&self.ctx, &message).await;
             return Ok(());
         }

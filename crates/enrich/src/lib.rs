@@ -63,6 +63,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, EnrichError> {
     let metrics_handle = gong_common::telemetry::install_metrics();
+    metrics::register();
     let readiness = Readiness::new(vec![
         names::STREAM_RAW,
         names::STREAM_ENRICHED,
@@ -95,8 +96,13 @@ pub async fn start(
     readiness.set_jetstream(jetstream.clone());
     let limiter =
         RateLimiter::open(&jetstream, config.quota.clone(), &config.common.streams).await?;
+    // Publishes the quota gauges from the shared state before the first scrape (a spent or
+    // unreadable quota is the worker's business, not a start failure).
+    let _ = limiter.check(Priority::Live).await;
     let api = gong_api::GongApi::new(config.gong.clone(), limiter)?;
     let consumer = worker::ensure_consumer(&jetstream, &config).await?;
+    let info = consumer.cached_info();
+    metrics::consumer_pending(info.num_pending, info.num_ack_pending);
     readiness.set_started(true);
     let worker = worker::Worker {
         config,

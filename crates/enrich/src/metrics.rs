@@ -13,6 +13,51 @@
 
 use std::time::Duration;
 
+/// `outcome` values of `gong_enrich_events_total` (every one the worker settles with).
+pub const EVENT_OUTCOMES: &[&str] = &[
+    "enriched",
+    "call_not_found",
+    "malformed_response",
+    "unparseable_webhook",
+    "invalid_call_id",
+    "retry",
+    "auth_fault",
+    "quota_wait",
+];
+
+/// `status` values of `gong_enrich_api_requests_total` registered at start (success and the
+/// ones the auth alert selects on); others (`429` has its own counter, `404`, `5xx`,
+/// `timeout`...) appear when they first happen.
+pub const API_STATUSES: &[&str] = &["200", "401", "403"];
+
+/// `endpoint` values.
+pub const ENDPOINTS: &[&str] = &["extensive", "transcript"];
+
+/// Registers every `gong_enrich_*` metric whose true starting value is known, at zero, so a
+/// fresh process exposes the whole contract (tests/deploy/expected_metrics.txt) and
+/// `increase()` in alerts sees the first event. The gauges read from shared state (quota,
+/// consumer backlog) are not faked here: [`crate::start`] publishes them from JetStream before
+/// the stage reports ready. Called once from [`crate::start`].
+pub fn register() {
+    for endpoint in ENDPOINTS {
+        for status in API_STATUSES {
+            metrics::counter!("gong_enrich_api_requests_total", "endpoint" => *endpoint, "status" => *status)
+                .increment(0);
+        }
+        // A histogram handle registers the series; it renders with zero counts until a sample.
+        let _ = metrics::histogram!("gong_enrich_api_request_duration_seconds", "endpoint" => *endpoint);
+    }
+    let _ = metrics::histogram!("gong_enrich_calls_per_request");
+    let _ = metrics::histogram!("gong_enrich_batch_size");
+    metrics::counter!("gong_enrich_rate_limited_total").increment(0);
+    for outcome in EVENT_OUTCOMES {
+        metrics::counter!("gong_enrich_events_total", "outcome" => *outcome).increment(0);
+    }
+    for outcome in ["enriched", "call_not_found", "malformed_response"] {
+        metrics::counter!("gong_enrich_replay_events_total", "outcome" => outcome).increment(0);
+    }
+}
+
 /// One request to Gong answered with `status` (or failed: `timeout`, `error`).
 pub fn api_request(endpoint: &'static str, status: &str, elapsed: Duration) {
     metrics::counter!("gong_enrich_api_requests_total", "endpoint" => endpoint, "status" => status.to_string())

@@ -52,6 +52,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, IngestError> {
     let metrics_handle = gong_common::telemetry::install_metrics();
+    metrics::register();
     let readiness = Readiness::new(vec![
         gong_common::names::STREAM_RAW,
         gong_common::names::STREAM_DLQ,

@@ -2,6 +2,63 @@
 
 use std::time::Duration;
 
+use crate::auth::AuthError;
+
+/// `outcome` values of `gong_ingest_requests_total` registered at start (alerts and
+/// dashboards select on them); rarer ones (`not_found`, `bad_request`...) appear when they
+/// first happen.
+pub const REQUEST_OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "dead_lettered",
+    "unauthorized",
+    "unavailable",
+    "overloaded",
+    "too_large",
+    "timeout",
+];
+
+/// `kind` values of `gong_ingest_publish_failures_total`.
+pub const PUBLISH_FAILURE_KINDS: &[&str] = &["disconnected", "timeout", "error", "max_payload"];
+
+/// One of each rejection, for their `reason` labels.
+const AUTH_ERRORS: [AuthError; 12] = [
+    AuthError::MissingAuthorization,
+    AuthError::MultipleAuthorization,
+    AuthError::TokenTooLarge,
+    AuthError::MalformedToken,
+    AuthError::AlgorithmNotAllowed,
+    AuthError::BadSignature,
+    AuthError::Expired,
+    AuthError::NotYetValid,
+    AuthError::MissingClaim("exp"),
+    AuthError::BodyHashMismatch,
+    AuthError::WebhookUrlMismatch,
+    AuthError::UnknownToken,
+];
+
+/// Registers every `gong_ingest_*` metric at zero, so a fresh process exposes the whole
+/// contract (tests/deploy/expected_metrics.txt): dashboards show 0 instead of "no data" and
+/// `increase()` in alerts sees the first failure. Called once from [`crate::start`].
+pub fn register() {
+    for outcome in REQUEST_OUTCOMES {
+        metrics::counter!("gong_ingest_requests_total", "outcome" => *outcome).increment(0);
+    }
+    for error in AUTH_ERRORS {
+        metrics::counter!("gong_ingest_auth_failures_total", "reason" => error.label())
+            .increment(0);
+    }
+    for kind in PUBLISH_FAILURE_KINDS {
+        metrics::counter!("gong_ingest_publish_failures_total", "kind" => *kind).increment(0);
+    }
+    // A histogram handle registers the series; it renders with zero counts until a sample.
+    let _ = metrics::histogram!("gong_ingest_request_duration_seconds");
+    let _ = metrics::histogram!("gong_ingest_publish_duration_seconds");
+    let _ = metrics::histogram!("gong_ingest_body_bytes");
+    in_flight(0);
+    connections(0);
+}
+
 /// `gong_ingest_requests_total{outcome}`: every answered request.
 pub fn request(outcome: &'static str, elapsed: Duration) {
     metrics::counter!("gong_ingest_requests_total", "outcome" => outcome).increment(1);

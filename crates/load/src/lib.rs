@@ -70,6 +70,7 @@ pub async fn run(config: LoadConfig, shutdown: CancellationToken) -> Result<(), 
 /// returns once the loop is running.
 pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Running, LoadError> {
     let metrics_handle = gong_common::telemetry::install_metrics();
+    metrics::register();
     let readiness = Readiness::new(vec![names::STREAM_ENRICHED, names::STREAM_DLQ]);
     let admin_addr = admin::serve(
         config.common.admin_addr,
@@ -85,6 +86,8 @@ pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Ru
     let ctx = connect(config).await?;
     readiness.set_jetstream(ctx.jetstream.clone());
     let consumer = loader::ensure_consumer(&ctx.stream, &ctx.config).await?;
+    // The backlog is known before the first message arrives (an idle or stuck loader too).
+    metrics::consumer_pending(consumer.cached_info().num_pending);
     let task = tokio::spawn(loader::run(ctx, consumer, readiness, shutdown));
     Ok(Running { admin_addr, task })
 }

@@ -27,6 +27,54 @@ impl FlushReason {
     }
 }
 
+/// Every [`FlushReason`].
+pub const FLUSH_REASONS: [FlushReason; 4] = [
+    FlushReason::Rows,
+    FlushReason::Bytes,
+    FlushReason::Age,
+    FlushReason::Shutdown,
+];
+
+/// `reason` values of `gong_load_dead_letters_total` (what [`crate::range_writer::decode`]
+/// calls poison).
+pub const DEAD_LETTER_REASONS: &[&str] = &[
+    "undecodable_event",
+    "unsupported_schema_version",
+    "missing_call_id",
+];
+
+/// Registers every `gong_load_*` metric at its starting value, so a fresh process exposes the
+/// whole contract (tests/deploy/expected_metrics.txt) and `increase()` in alerts sees the
+/// first event: counters at zero per table/reason, histograms empty, and
+/// `gong_load_last_flush_timestamp_seconds` at the process start (no flush yet; 0 would make
+/// "time since the last flush" fire at once after every restart, absence would hide a loader
+/// that never manages to flush). `gong_load_consumer_pending` is published by
+/// [`crate::start`] from the consumer. Called once from [`crate::start`].
+pub fn register() {
+    for table in Table::ALL {
+        let name = table.name();
+        metrics::counter!("gong_load_rows_total", "table" => name).increment(0);
+        metrics::counter!("gong_load_files_total", "table" => name).increment(0);
+        metrics::counter!("gong_load_bytes_total", "table" => name).increment(0);
+        metrics::counter!("gong_load_snowpipe_failures_total", "table" => name).increment(0);
+    }
+    for reason in FLUSH_REASONS {
+        metrics::counter!("gong_load_flushes_total", "reason" => reason.as_str()).increment(0);
+    }
+    for reason in DEAD_LETTER_REASONS {
+        metrics::counter!("gong_load_dead_letters_total", "reason" => reason.to_string())
+            .increment(0);
+    }
+    metrics::counter!("gong_load_stage_errors_total").increment(0);
+    metrics::counter!("gong_load_ranges_lost_total").increment(0);
+    metrics::counter!("gong_load_ranges_taken_over_total").increment(0);
+    // A histogram handle registers the series; it renders with zero counts until a sample.
+    let _ = metrics::histogram!("gong_load_file_size_bytes");
+    let _ = metrics::histogram!("gong_load_event_to_staged_seconds");
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    metrics::gauge!("gong_load_last_flush_timestamp_seconds").set(now);
+}
+
 /// One file made durable: `gong_load_rows_total`, `gong_load_files_total`,
 /// `gong_load_bytes_total` (per table) and `gong_load_file_size_bytes`.
 pub fn file_staged(table: Table, rows: usize, bytes: u64) {

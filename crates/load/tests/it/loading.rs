@@ -201,7 +201,13 @@ async fn stage_errors_are_retried_and_nothing_is_acked_until_files_are_durable()
         let url = metrics_url.clone();
         async move {
             let text = reqwest::get(url).await.ok()?.text().await.ok()?;
-            text.contains("gong_load_stage_errors_total").then_some(())
+            // Registered at zero on start: wait for a count, not for the name.
+            let errors = text
+                .lines()
+                .find_map(|line| line.strip_prefix("gong_load_stage_errors_total "))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            (errors > 0.0).then_some(())
         }
     })
     .await;

@@ -7,6 +7,7 @@
 //! - [`wait`]: polling observable state under a timeout (never sleeping for state).
 //! - [`gong_double`]: the Gong REST API double; [`sim`]: it as the `gong-sim serve` server.
 
+pub mod cluster;
 pub mod gong_double;
 pub mod nats;
 pub mod s3;

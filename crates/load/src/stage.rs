@@ -100,6 +100,8 @@ pub struct Stage {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    /// The same store when it is a local directory (for its staging leftovers).
+    local: Option<Arc<LocalFileSystem>>,
 }
 
 impl std::fmt::Debug for Stage {
@@ -185,6 +187,7 @@ impl Stage {
                 store,
                 prefix,
                 url: url.to_string(),
+                local: None,
             });
         }
         Stage::open_local(url, url)
@@ -196,13 +199,16 @@ impl Stage {
             reason,
         };
         std::fs::create_dir_all(path).map_err(|err| open_error(err.to_string()))?;
-        let store = LocalFileSystem::new_with_prefix(path)
-            .map_err(|err| open_error(err.to_string()))?
-            .with_automatic_cleanup(true);
+        let store = Arc::new(
+            LocalFileSystem::new_with_prefix(path)
+                .map_err(|err| open_error(err.to_string()))?
+                .with_automatic_cleanup(true),
+        );
         Ok(Stage {
-            store: Arc::new(store),
+            store: store.clone(),
             prefix: Path::default(),
             url: url.to_string(),
+            local: Some(store),
         })
     }
 
@@ -212,6 +218,7 @@ impl Stage {
             store,
             prefix: Path::from(prefix.trim_matches('/')),
             url: format!("memory:///{prefix}"),
+            local: None,
         }
     }
 
@@ -277,6 +284,9 @@ impl Stage {
                 source: Box::new(err),
             })
         })?;
+        if let Some(local) = &self.local {
+            remove_staging_leftovers(local, &destination);
+        }
         Ok(total)
     }
 
@@ -322,6 +332,42 @@ impl Stage {
     }
 }
 
+/// A local store writes `<name>#<n>` beside `<name>` and renames it when complete; a process
+/// killed (or a disk failing) half-way leaves that staging file in the stage layout for ever,
+/// and the next write of the name picks another `<n>`. Once `destination` is complete, its
+/// leftovers are removed: a crashed write's range is always rewritten under the same name (the
+/// claim precedes the upload), so this catches every leftover. Another replica's write of the
+/// same name in flight only fails its rename and is retried (same content).
+fn remove_staging_leftovers(local: &LocalFileSystem, destination: &Path) {
+    let Ok(file) = local.path_to_filesystem(destination) else {
+        return;
+    };
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return;
+    };
+    let staging_prefix = format!("{}#", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name();
+        let is_leftover = entry_name
+            .to_string_lossy()
+            .strip_prefix(&staging_prefix)
+            .is_some_and(|suffix| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()));
+        if is_leftover {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a staging leftover of an interrupted write")
+                }
+                Err(err) => {
+                    tracing::debug!(path = %entry.path().display(), error = %err, "cannot remove a staging leftover")
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +381,34 @@ mod tests {
             relative_path(Table::Calls, dt, 1, 2),
             "calls/dt=2024-01-02/gong_00000000000000000001-00000000000000000002.parquet"
         );
+    }
+
+    #[tokio::test]
+    async fn a_completed_local_upload_removes_the_leftovers_of_interrupted_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let stage = Stage::open(
+            &format!("file://{}", root.path().display()),
+            &Env::from_pairs::<&str, &str>([]),
+        )
+        .unwrap();
+        let dir = root.path().join("calls/dt=2024-01-02");
+        std::fs::create_dir_all(&dir).unwrap();
+        // What a write killed half-way leaves behind, and an unrelated neighbour.
+        std::fs::write(dir.join("x.parquet#1"), b"half a file").unwrap();
+        std::fs::write(dir.join("y.parquet#1"), b"another name").unwrap();
+        let local = root.path().join("spool.bin");
+        std::fs::write(&local, b"complete").unwrap();
+        stage
+            .upload(&local, "calls/dt=2024-01-02/x.parquet")
+            .await
+            .unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["x.parquet", "y.parquet#1"]);
+        assert_eq!(std::fs::read(dir.join("x.parquet")).unwrap(), b"complete");
     }
 
     #[tokio::test]

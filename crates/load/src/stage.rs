@@ -199,10 +199,13 @@ impl Stage {
             reason,
         };
         std::fs::create_dir_all(path).map_err(|err| open_error(err.to_string()))?;
+        // fsync: a file is acknowledged as durable, so it must survive a power loss, not only
+        // a process crash (object_store's local store does not sync by default).
         let store = Arc::new(
             LocalFileSystem::new_with_prefix(path)
                 .map_err(|err| open_error(err.to_string()))?
-                .with_automatic_cleanup(true),
+                .with_automatic_cleanup(true)
+                .with_fsync(true),
         );
         Ok(Stage {
             store: store.clone(),

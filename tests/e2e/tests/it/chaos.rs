@@ -122,6 +122,7 @@ async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
             "other_answers": other,
             "calls_files": staged.files_per_table.get("calls").copied().unwrap_or(0),
             "dead_letters": dead_letters,
+            "strays": staged.strays.len() + staged.unreadable.len(),
             "load_takeovers": pipeline.load.log_count("taking over a pending range"),
             "gong_requests": gong.call_requests(),
             "gong_violations": gong.violations(),

@@ -132,6 +132,7 @@ async fn losing_a_node_of_a_three_node_cluster_loses_nothing() {
             "other_answers": other,
             "longest_gap_between_2xx_s": gap.as_secs_f64(),
             "dead_letters": dead_letters,
+            "strays": staged.strays.len() + staged.unreadable.len(),
         }),
     );
 

@@ -121,6 +121,7 @@ async fn ingest_answers_503_during_a_nats_outage_and_every_stage_recovers_alone(
             "duplicate_events": verdict.duplicate_events.len(),
             "duplicate_calls": verdict.duplicate_calls.len(),
             "staged_without_2xx": verdict.staged_without_2xx,
+            "strays": staged.strays.len() + staged.unreadable.len(),
             "answers_2xx": ok,
             "answers_503": unavailable,
             "transport_errors": transport,

@@ -218,7 +218,7 @@ async fn stage_outage_mid_load(options: Options, nats: &NatsServer, reader: Read
             "stage_errors_during_outage": stage_errors,
             "waiting_at_end_of_outage": at_end.pending + at_end.ack_pending as u64,
             "first_ack_after_repair_s": recovered.as_secs_f64(),
-            "strays": staged.strays.len(),
+            "strays": staged.strays.len() + staged.unreadable.len(),
         }),
     );
     assert_eq!(verdict.accepted, webhooks, "{}", verdict.line());

@@ -1,5 +1,6 @@
 //! Shared measurement helpers for the bench binaries: latency percentiles, peak RSS of a child
-//! process, and a child-process guard.
+//! process, a child-process guard, readiness polling, realistic enriched events, and the
+//! machine description printed at the top of every full run.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -73,6 +74,82 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Waits until `GET /readyz` on `127.0.0.1:admin_port` answers 200 (at most `timeout`).
+pub async fn wait_ready(admin_port: u16, what: &str, timeout: Duration) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await {
+            stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await?;
+            if answer.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{what} not ready within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A realistic enriched event for `call_id`, as gong-enrich builds it from the Gong double's
+/// answers (the enricher's default `contentSelector`, the call's transcript), stored at
+/// `raw_stream_seq` in GONG_RAW.
+pub fn enriched_event(
+    call_id: &str,
+    raw_stream_seq: u64,
+    content_selector: &serde_json::Value,
+) -> gong_common::event::EnrichedEvent {
+    use gong_common::event::{content_id, EnrichedEvent, ENRICHED_SCHEMA_VERSION};
+    use gong_common::gong::{Call, CallTranscript};
+    use gong_testkit::gong_double::{call_json, transcript_json};
+
+    let call: Call = serde_json::from_value(call_json(call_id, false, content_selector))
+        .expect("the double's call parses as a Gong call");
+    let transcript: CallTranscript = serde_json::from_value(transcript_json(call_id))
+        .expect("the double's transcript parses as a Gong transcript");
+    let raw_event_id = content_id(&gong_testkit::webhook::call_body(call_id, false));
+    let now = chrono::Utc::now();
+    EnrichedEvent {
+        schema_version: ENRICHED_SCHEMA_VERSION,
+        event_id: raw_event_id.clone(),
+        raw_event_id,
+        raw_stream_seq,
+        received_at: now,
+        fetched_at: now,
+        replay_run_id: None,
+        call,
+        transcript: Some(transcript.transcript),
+    }
+}
+
+/// One line describing the machine: cores, CPU model, memory (Linux).
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown CPU");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemTotal:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("nproc {cores}, {model}, {memory_gib:.1} GiB RAM")
 }
 
 /// Formats a number of requests per second.

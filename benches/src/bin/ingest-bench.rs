@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Parser;
-use gong_benches::{peak_rss_mib, per_second, sibling_binary, ChildGuard, Latencies};
+use gong_benches::{
+    machine, peak_rss_mib, per_second, sibling_binary, wait_ready, ChildGuard, Latencies,
+};
 use gong_testkit::nats::free_port;
 use gong_testkit::webhook::{call_body, TestKey};
 use gong_testkit::NatsServer;
@@ -61,6 +63,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         bodies.push((Bytes::from(body), format!("Bearer {token}")));
     }
     let payload_len = bodies[0].0.len();
+    println!("machine: {}", machine());
+    println!(
+        "ingest-bench: {} requests per level, date {}",
+        args.requests,
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    println!();
 
     println!(
         "| concurrency | ingest req/s | p50 ms | p99 ms | p999 ms | ceiling publish/s | ratio |"
@@ -92,7 +101,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .spawn()
             .context("spawn gong-ingest (build it first: cargo build -p gong-ingest)")?;
         let guard = ChildGuard(child);
-        wait_ready(admin).await?;
+        wait_ready(admin, "gong-ingest", Duration::from_secs(30)).await?;
         let started = Instant::now();
         let mut latencies = drive(port, chunk, concurrency).await?;
         let elapsed = started.elapsed();
@@ -112,27 +121,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     println!();
     println!("peak RSS of gong-ingest: {peak_rss:.1} MiB; payload {payload_len} bytes");
     Ok(())
-}
-
-async fn wait_ready(admin: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            stream
-                .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                .await?;
-            let mut answer = Vec::new();
-            stream.read_to_end(&mut answer).await?;
-            if answer.starts_with(b"HTTP/1.1 200") {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("gong-ingest not ready within 30s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `concurrency` keep-alive connections, each sending its share sequentially.

@@ -26,7 +26,7 @@ use crate::schema::{
 };
 
 /// Builder rows buffered before they are handed to the Parquet writers.
-const CHUNK_ROWS: usize = 8192;
+pub const CHUNK_ROWS: usize = 8192;
 
 /// Encoding failed (spool disk full, unwritable spool directory...).
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,8 @@ pub struct WriterSettings {
 }
 
 impl WriterSettings {
-    fn properties(&self) -> WriterProperties {
+    /// The Parquet writer properties every file of a range is written with.
+    pub fn properties(&self) -> WriterProperties {
         let level = ZstdLevel::try_new(self.zstd_level).unwrap_or_default();
         WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))

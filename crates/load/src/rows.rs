@@ -4,13 +4,14 @@
 //! gives the same rows. Exactly one `calls` row per event.
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::error::ArrowError;
 use chrono::{DateTime, Utc};
 use gong_common::event::EnrichedEvent;
-use gong_common::gong::Extra;
+use gong_common::gong::{CallMetaData, Extra};
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::schema::{Kind, Table};
@@ -79,13 +80,41 @@ impl ColumnBuilder {
         }
     }
 
+    /// Takes the column and leaves an empty builder sized like the column taken: the next chunk
+    /// is usually as large, and Arrow's `finish` drops the capacity (regrowing it by doubling
+    /// copied every value about twice).
     fn finish(&mut self) -> ArrayRef {
         match self {
-            ColumnBuilder::Text(builder) => std::sync::Arc::new(builder.finish()),
-            ColumnBuilder::Timestamp(builder) => std::sync::Arc::new(builder.finish()),
-            ColumnBuilder::Int(builder) => std::sync::Arc::new(builder.finish()),
-            ColumnBuilder::Float(builder) => std::sync::Arc::new(builder.finish()),
-            ColumnBuilder::Bool(builder) => std::sync::Arc::new(builder.finish()),
+            ColumnBuilder::Text(builder) => {
+                let (rows, bytes) = (builder.len(), builder.values_slice().len());
+                let array = builder.finish();
+                *builder = StringBuilder::with_capacity(rows, bytes);
+                std::sync::Arc::new(array)
+            }
+            ColumnBuilder::Timestamp(builder) => {
+                let rows = builder.len();
+                let array = builder.finish();
+                *builder = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
+                std::sync::Arc::new(array)
+            }
+            ColumnBuilder::Int(builder) => {
+                let rows = builder.len();
+                let array = builder.finish();
+                *builder = Int64Builder::with_capacity(rows);
+                std::sync::Arc::new(array)
+            }
+            ColumnBuilder::Float(builder) => {
+                let rows = builder.len();
+                let array = builder.finish();
+                *builder = Float64Builder::with_capacity(rows);
+                std::sync::Arc::new(array)
+            }
+            ColumnBuilder::Bool(builder) => {
+                let rows = builder.len();
+                let array = builder.finish();
+                *builder = BooleanBuilder::with_capacity(rows);
+                std::sync::Arc::new(array)
+            }
         }
     }
 }
@@ -111,10 +140,14 @@ impl TableRows {
         }
     }
 
-    /// Appends one row; `cells` are in column order.
-    pub fn push(&mut self, cells: Vec<Cell<'_>>) {
-        debug_assert_eq!(cells.len(), self.columns.len(), "{}", self.table.name());
+    /// Appends one row; `cells` are in column order (an array or a `Vec`).
+    pub fn push<'a, I>(&mut self, cells: I)
+    where
+        I: IntoIterator<Item = Cell<'a>>,
+        I::IntoIter: ExactSizeIterator,
+    {
         let mut cells = cells.into_iter();
+        debug_assert_eq!(cells.len(), self.columns.len(), "{}", self.table.name());
         for builder in &mut self.columns {
             match cells.next() {
                 Some(cell) => builder.push(cell),
@@ -179,16 +212,47 @@ fn micros(time: &DateTime<Utc>) -> i64 {
     time.timestamp_micros()
 }
 
-fn json_text(map: &Extra) -> Option<String> {
+/// Serialises `value` as compact JSON into `scratch` (reused across rows, so no allocation per
+/// cell) and returns it as text.
+fn json_into<'s, T: Serialize + ?Sized>(scratch: &'s mut Vec<u8>, value: &T) -> Option<&'s str> {
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, value).ok()?;
+    std::str::from_utf8(scratch).ok()
+}
+
+/// JSON text of a map of unknown fields; `None` when there are none.
+fn json_text<'s>(scratch: &'s mut Vec<u8>, map: &Extra) -> Option<&'s str> {
     if map.is_empty() {
         return None;
     }
-    serde_json::to_string(map).ok()
+    json_into(scratch, map)
 }
 
-fn insert_nonempty(target: &mut Map<String, Value>, key: &str, map: &Extra) {
+/// A value of the calls row's `extra_json`, borrowed from the event rather than cloned.
+enum ExtraValue<'a> {
+    Map(&'a Extra),
+    Value(&'a Value),
+    Owned(Value),
+}
+
+impl Serialize for ExtraValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExtraValue::Map(map) => map.serialize(serializer),
+            ExtraValue::Value(value) => value.serialize(serializer),
+            ExtraValue::Owned(value) => value.serialize(serializer),
+        }
+    }
+}
+
+/// The calls row's `extra_json` object. Keys are sorted and a later insert replaces an earlier
+/// one, exactly as in a `serde_json::Map` (a `BTreeMap` without `preserve_order`), so the text
+/// is the same as serialising the equivalent `Map`.
+type ExtraObject<'a> = std::collections::BTreeMap<&'a str, ExtraValue<'a>>;
+
+fn insert_nonempty<'a>(target: &mut ExtraObject<'a>, key: &'a str, map: &'a Extra) {
     if !map.is_empty() {
-        target.insert(key.to_string(), Value::Object(map.clone()));
+        target.insert(key, ExtraValue::Map(map));
     }
 }
 
@@ -199,10 +263,19 @@ pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u6
     let call = &event.call;
     let call_id = call.id().unwrap_or_default();
     let event_id = event.event_id.as_str();
-    let meta = call.meta_data.clone().unwrap_or_default();
+    let no_meta;
+    let meta = match &call.meta_data {
+        Some(meta) => meta,
+        None => {
+            no_meta = CallMetaData::default();
+            &no_meta
+        }
+    };
+    // JSON text of each row's JSON column is written here, one row at a time.
+    let mut scratch = Vec::with_capacity(1024);
 
     // Unknown fields of the call, and blocks the schema keeps only as JSON.
-    let mut extra = Map::new();
+    let mut extra = ExtraObject::new();
     insert_nonempty(&mut extra, "metaData", &meta.extra);
     if let Some(content) = &call.content {
         insert_nonempty(&mut extra, "content", &content.extra);
@@ -213,11 +286,11 @@ pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u6
         ("media", &call.media),
     ] {
         if let Some(value) = value {
-            extra.insert(key.to_string(), value.clone());
+            extra.insert(key, ExtraValue::Value(value));
         }
     }
     for (key, value) in &call.extra {
-        extra.insert(key.clone(), value.clone());
+        extra.insert(key, ExtraValue::Value(value));
     }
     let mut unparsed = Map::new();
     let started = meta.started.as_deref().and_then(|raw| {
@@ -235,13 +308,18 @@ pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u6
         parsed
     });
     if !unparsed.is_empty() {
-        extra.insert("unparsedTimes".into(), Value::Object(unparsed));
+        extra.insert("unparsedTimes", ExtraValue::Owned(Value::Object(unparsed)));
     }
     let brief = call
         .content
         .as_ref()
         .and_then(|content| content.brief.as_deref());
-    tables.get_mut(Table::Calls).push(vec![
+    let extra_json = if extra.is_empty() {
+        None
+    } else {
+        json_into(&mut scratch, &extra)
+    };
+    tables.get_mut(Table::Calls).push([
         Cell::Text(Some(event_id)),
         Cell::Text(Some(&event.raw_event_id)),
         Cell::Text(event.replay_run_id.as_deref()),
@@ -266,11 +344,11 @@ pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u6
         Cell::Micros(Some(micros(&event.fetched_at))),
         Cell::Int(Some(event.raw_stream_seq as i64)),
         Cell::Int(Some(stream_seq as i64)),
-        Cell::Owned(json_text(&extra)),
+        Cell::Text(extra_json),
     ]);
 
     for party in call.parties.iter().flatten() {
-        tables.get_mut(Table::CallParticipants).push(vec![
+        tables.get_mut(Table::CallParticipants).push([
             Cell::Text(Some(event_id)),
             Cell::Text(Some(call_id)),
             Cell::Text(party.id.as_deref()),
@@ -281,13 +359,13 @@ pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u6
             Cell::Text(party.title.as_deref()),
             Cell::Text(party.affiliation.as_deref()),
             Cell::Text(party.phone_number.as_deref()),
-            Cell::Owned(json_text(&party.extra)),
+            Cell::Text(json_text(&mut scratch, &party.extra)),
         ]);
     }
 
     for (monologue_index, monologue) in event.transcript.iter().flatten().enumerate() {
         for (sentence_index, sentence) in monologue.sentences.iter().enumerate() {
-            tables.get_mut(Table::CallTranscriptSentences).push(vec![
+            tables.get_mut(Table::CallTranscriptSentences).push([
                 Cell::Text(Some(event_id)),
                 Cell::Text(Some(call_id)),
                 Cell::Text(monologue.speaker_id.as_deref()),
@@ -303,23 +381,23 @@ pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u6
 
     if let Some(content) = &call.content {
         for tracker in content.trackers.iter().flatten() {
-            tables.get_mut(Table::CallTrackers).push(vec![
+            tables.get_mut(Table::CallTrackers).push([
                 Cell::Text(Some(event_id)),
                 Cell::Text(Some(call_id)),
                 Cell::Text(tracker.id.as_deref()),
                 Cell::Text(tracker.name.as_deref()),
                 Cell::Text(tracker.kind.as_deref()),
                 Cell::Int(tracker.count),
-                Cell::Owned(json_text(&tracker.extra)),
+                Cell::Text(json_text(&mut scratch, &tracker.extra)),
             ]);
         }
         for topic in content.topics.iter().flatten() {
-            tables.get_mut(Table::CallTopics).push(vec![
+            tables.get_mut(Table::CallTopics).push([
                 Cell::Text(Some(event_id)),
                 Cell::Text(Some(call_id)),
                 Cell::Text(topic.name.as_deref()),
                 Cell::Float(topic.duration),
-                Cell::Owned(json_text(&topic.extra)),
+                Cell::Text(json_text(&mut scratch, &topic.extra)),
             ]);
         }
     }
@@ -327,14 +405,14 @@ pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u6
     for context in call.context.iter().flatten() {
         for object in context.objects.iter().flatten() {
             for field in object.fields.iter().flatten() {
-                tables.get_mut(Table::CallContextFields).push(vec![
+                tables.get_mut(Table::CallContextFields).push([
                     Cell::Text(Some(event_id)),
                     Cell::Text(Some(call_id)),
                     Cell::Text(context.system.as_deref()),
                     Cell::Text(object.object_type.as_deref()),
                     Cell::Text(object.object_id.as_deref()),
                     Cell::Text(field.name.as_deref()),
-                    Cell::Owned(serde_json::to_string(&field.value).ok()),
+                    Cell::Text(json_into(&mut scratch, &field.value)),
                 ]);
             }
         }
@@ -406,6 +484,60 @@ mod tests {
             .as_string::<i32>();
         assert_eq!(values.value(0), "1000");
         assert_eq!(values.value(1), "\"Acme\"");
+    }
+
+    #[test]
+    fn extra_json_is_the_text_of_the_equivalent_json_map() {
+        // The borrowed object must serialise exactly as the `serde_json::Map` it stands for
+        // (same key order, same replacement rule), so rewritten ranges keep their bytes.
+        let mut event = event();
+        event.call.interaction =
+            Some(serde_json::json!({"speakers": [{"id": "1", "talkTime": 1.5}]}));
+        event.call.collaboration = Some(serde_json::json!({"publicComments": []}));
+        event.call.extra.insert("zeta".into(), Value::from(1));
+        event
+            .call
+            .extra
+            .insert("alpha".into(), serde_json::json!({"b": 2, "a": [1, "x"]}));
+        if let Some(meta) = event.call.meta_data.as_mut() {
+            meta.scheduled = Some("not a time".into());
+        }
+        let call = &event.call;
+        let mut expected = Map::new();
+        let meta = call.meta_data.clone().unwrap();
+        expected.insert("metaData".into(), Value::Object(meta.extra.clone()));
+        let content = call.content.clone().unwrap();
+        expected.insert("content".into(), Value::Object(content.extra.clone()));
+        expected.insert("interaction".into(), call.interaction.clone().unwrap());
+        expected.insert("collaboration".into(), call.collaboration.clone().unwrap());
+        for (key, value) in &call.extra {
+            expected.insert(key.clone(), value.clone());
+        }
+        expected.insert(
+            "unparsedTimes".into(),
+            serde_json::json!({"scheduled": "not a time"}),
+        );
+        let mut tables = TableSet::default();
+        append_event(&mut tables, &event, 1);
+        let calls = tables.get_mut(Table::Calls).take_batch().unwrap();
+        let extra = calls
+            .column_by_name("extra_json")
+            .unwrap()
+            .as_string::<i32>();
+        assert_eq!(extra.value(0), serde_json::to_string(&expected).unwrap());
+    }
+
+    #[test]
+    fn builders_are_reusable_after_a_batch() {
+        let mut tables = TableSet::default();
+        append_event(&mut tables, &event(), 1);
+        let first = tables.get_mut(Table::Calls).take_batch().unwrap();
+        append_event(&mut tables, &event(), 2);
+        let second = tables.get_mut(Table::Calls).take_batch().unwrap();
+        assert_eq!(first.num_rows(), 1);
+        assert_eq!(second.num_rows(), 1);
+        assert_eq!(first.schema(), second.schema());
+        assert_eq!(first.column(0), second.column(0));
     }
 
     #[test]

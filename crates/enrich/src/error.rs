@@ -10,6 +10,9 @@ use std::time::Duration;
 /// A failure that stops gong-enrich or a replay run.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
+    /// The stage's task panicked or was cancelled: a bug, reported as a failure (exit 1).
+    #[error("the stage task ended abnormally: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The admin server could not bind.
     #[error("cannot bind admin server on {addr}: {source}")]
     BindAdmin {

@@ -53,7 +53,7 @@ pub struct Running {
 /// Starts gong-enrich and consumes until `shutdown` is cancelled.
 pub async fn run(config: EnrichConfig, shutdown: CancellationToken) -> Result<(), EnrichError> {
     let running = start(config, shutdown).await?;
-    running.task.await.unwrap_or(Ok(()))
+    running.task.await.map_err(EnrichError::Task)?
 }
 
 /// Connects, provisions the streams, the quota bucket and the durable consumer, and returns once

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 /// A failure that stops gong-ingest (per-request failures are HTTP answers, not errors).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The stage's task panicked or was cancelled: a bug, reported as a failure (exit 1).
+    #[error("the stage task ended abnormally: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The admin server could not bind.
     #[error("cannot bind admin server on {addr}: {source}")]
     BindAdmin {

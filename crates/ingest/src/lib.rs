@@ -43,7 +43,7 @@ pub struct Running {
 /// Starts gong-ingest and serves until `shutdown` is cancelled, then drains in-flight requests.
 pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<(), IngestError> {
     let running = start(config, shutdown).await?;
-    running.task.await.unwrap_or(Ok(()))
+    running.task.await.map_err(IngestError::Task)?
 }
 
 /// Connects, provisions, binds both listeners and returns once the server accepts requests.

@@ -9,6 +9,9 @@ use crate::stage::StageError;
 /// A failure that stops gong-load or a replay (per-message failures are outcomes, not errors).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The stage's task panicked or was cancelled: a bug, reported as a failure (exit 1).
+    #[error("the stage task ended abnormally: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The admin server could not bind.
     #[error("cannot bind admin server on {addr}: {source}")]
     BindAdmin {

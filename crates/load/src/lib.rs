@@ -63,7 +63,7 @@ pub struct Running {
 /// Starts gong-load and consumes until `shutdown` is cancelled.
 pub async fn run(config: LoadConfig, shutdown: CancellationToken) -> Result<(), LoadError> {
     let running = start(config, shutdown).await?;
-    running.task.await.unwrap_or(Ok(()))
+    running.task.await.map_err(LoadError::Task)?
 }
 
 /// Connects, provisions the streams, the range bucket and the consumer, opens the stage, and

@@ -96,7 +96,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .env("ADMIN_ADDR", format!("127.0.0.1:{admin}"))
             .env("GONG_WEBHOOK_SECRETS", key.public_base64_der())
             .env("GONG_WEBHOOK_URL", WEBHOOK_URL)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
             .spawn()
             .context("spawn gong-ingest (build it first: cargo build -p gong-ingest)")?;

@@ -2,7 +2,7 @@
 //! writer ([`gong_load::parquet_writer::Spool`], what the loader runs for every range), beside the
 //! ceiling measured in the same run: arrow-rs alone writing the very same Arrow batches with the
 //! same writer properties (zstd level, row group size, statistics) to files. Then peak RSS of a
-//! child process writing a ~64 MiB and a ~256 MiB range: memory must be bounded by the row group,
+//! child process writing ranges of ~64, ~256 and ~512 MiB: memory must be bounded by the row group,
 //! not by the file.
 //!
 //! `cargo build --release -p gong-benches && target/release/parquet-bench`
@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Range sizes (MiB of Parquet) written by a child process for the peak-RSS table.
-    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    #[arg(long, value_delimiter = ',', default_value = "64,256,512")]
     rss_mib: Vec<u64>,
     /// Rows per row group (`LOAD_ROW_GROUP_ROWS`).
     #[arg(long, default_value_t = 100_000)]

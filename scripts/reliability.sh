@@ -60,7 +60,8 @@ print("|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     scenario = r["scenario"] + (f" ({r['fault']})" if "fault" in r else "")
     if r["scenario"] == "chaos":
-        faults = f"{r['enrich_kills']} enrich + {r['load_kills']} load SIGKILLs, {r['load_takeovers']} range takeovers"
+        faults = (f"{r['enrich_kills']} enrich + {r['load_kills']} load SIGKILLs "
+                  f"({r['load_kills_mid_range']} mid-range), {r['load_takeovers']} range takeovers")
         recovery = f"all staged {r['settled_s'] - r['sent_s']:.1f} s after the last webhook"
     elif r["scenario"] == "nats_outage":
         faults = f"NATS down {r['outage_s']:.0f} s"

@@ -3,6 +3,7 @@
 //! stage exactly once (guarantees 1 and 2 of shared/design.md §4), without a dead letter, and
 //! the Gong quota is never exceeded (guarantee 4).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,17 @@ use crate::support::process::Kind;
 use crate::support::sender::{answer_counts, call_ids, Sender, Traffic};
 use crate::support::stage::{read_local, Verdict};
 use crate::support::{first_call_id, report, scaled, seed};
+
+/// Files (complete or not) under `<stage>/calls/`, every day.
+fn calls_files(stage: &Path) -> usize {
+    std::fs::read_dir(stage.join("calls"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|day| std::fs::read_dir(day.path()).ok())
+        .map(|files| files.count())
+        .sum()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
@@ -48,8 +60,19 @@ async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
         .collect();
     victims.shuffle(&mut rng);
     let mut acked_checks = 0usize;
+    let mut kills_mid_range = 0usize;
     for victim in victims {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
+        if victim == Kind::Load && rng.random_bool(0.5) {
+            // Strike right after a new `calls` file appears: the loader is then uploading the
+            // same range's other tables, so the range is half on the stage, claimed, unacked.
+            let before = calls_files(&stage);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while calls_files(&stage) <= before && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            kills_mid_range += usize::from(Instant::now() < deadline);
+        }
         let service = match victim {
             Kind::Enrich => &mut pipeline.enrich,
             _ => &mut pipeline.load,
@@ -112,6 +135,7 @@ async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
             "webhooks": webhooks,
             "enrich_kills": pipeline.enrich.kills,
             "load_kills": pipeline.load.kills,
+            "load_kills_mid_range": kills_mid_range,
             "accepted": verdict.accepted,
             "missing": verdict.missing.len(),
             "duplicate_events": verdict.duplicate_events.len(),
@@ -152,6 +176,17 @@ async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
         "partial or stray files on the stage: {:?} {:?}",
         staged.strays,
         staged.unreadable
+    );
+    assert_eq!(
+        staged.files_per_table.len(),
+        6,
+        "files of every table: {:?}",
+        staged.files_per_table
+    );
+    assert!(
+        staged.incomplete_ranges().is_empty(),
+        "ranges half-written by a crash and never completed (table, ranges): {:?}",
+        staged.incomplete_ranges()
     );
     assert!(
         staged.overlapping_ranges().is_empty(),

@@ -151,6 +151,11 @@ async fn losing_a_node_of_a_three_node_cluster_loses_nothing() {
         pipeline.explain()
     );
     assert!(staged.strays.is_empty() && staged.unreadable.is_empty());
+    assert!(
+        staged.incomplete_ranges().is_empty(),
+        "ranges not staged in every table: {:?}",
+        staged.incomplete_ranges()
+    );
     assert_eq!(dead_letters, 0);
     assert_eq!(pipeline.gong.stats().violations(), 0);
 }

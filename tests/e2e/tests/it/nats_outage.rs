@@ -161,6 +161,11 @@ async fn ingest_answers_503_during_a_nats_outage_and_every_stage_recovers_alone(
         pipeline.explain()
     );
     assert!(staged.strays.is_empty() && staged.unreadable.is_empty());
+    assert!(
+        staged.incomplete_ranges().is_empty(),
+        "ranges not staged in every table: {:?}",
+        staged.incomplete_ranges()
+    );
     for service in [
         &mut pipeline.ingest,
         &mut pipeline.enrich,

@@ -236,6 +236,12 @@ async fn stage_outage_mid_load(options: Options, nats: &NatsServer, reader: Read
         staged.strays,
         staged.unreadable
     );
+    assert!(
+        staged.incomplete_ranges().is_empty(),
+        "{}: ranges not staged in every table: {:?}",
+        fault.name(),
+        staged.incomplete_ranges()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

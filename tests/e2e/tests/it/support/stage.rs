@@ -1,7 +1,7 @@
 //! Reading the stage back (local directory or S3) with the parquet crate, and the
 //! exactly-once verdict.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ use super::sender::Delivery;
 pub struct Staged {
     /// Files per table (the directory above `dt=...`).
     pub files_per_table: BTreeMap<String, usize>,
+    /// Sequence ranges (from the names) per table.
+    pub ranges_per_table: BTreeMap<String, BTreeSet<(u64, u64)>>,
     /// `calls` rows per `event_id`.
     pub event_rows: HashMap<String, usize>,
     /// `calls` rows per `call_id`.
@@ -44,11 +46,15 @@ impl Staged {
             self.strays.push(relative.to_string());
             return;
         }
+        let range = range.expect("checked above");
         *self.files_per_table.entry(table.to_string()).or_default() += 1;
+        self.ranges_per_table
+            .entry(table.to_string())
+            .or_default()
+            .insert(range);
         if table != "calls" {
             return;
         }
-        let range = range.expect("checked above");
         let Some(bytes) = bytes else { return };
         match calls_ids(bytes) {
             Ok(rows) => {
@@ -82,6 +88,22 @@ impl Staged {
             uncovered.extend(next..=ack_floor);
         }
         uncovered
+    }
+
+    /// Tables whose files do not cover exactly the ranges of the `calls` files: a range left
+    /// half-written (some tables only) by a crash and never completed. Every event of the Gong
+    /// double yields rows in every table, so every range has a file in each.
+    pub fn incomplete_ranges(&self) -> Vec<(String, usize)> {
+        let calls = self
+            .ranges_per_table
+            .get("calls")
+            .cloned()
+            .unwrap_or_default();
+        self.ranges_per_table
+            .iter()
+            .filter(|(_, ranges)| **ranges != calls)
+            .map(|(table, ranges)| (table.clone(), ranges.symmetric_difference(&calls).count()))
+            .collect()
     }
 
     /// Pairs of `calls` files whose sequence ranges overlap (a rewrite under another name).

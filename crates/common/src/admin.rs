@@ -175,3 +175,23 @@ pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes
     );
     response
 }
+
+/// What every stage does first: install the Prometheus recorder, create the readiness for
+/// `streams`, and serve the admin endpoints on `common.admin_addr` until `shutdown`.
+/// Returns the readiness (not ready until the stage says so) and the bound address.
+pub async fn start(
+    common: &crate::CommonConfig,
+    streams: Vec<&'static str>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(Readiness, SocketAddr)> {
+    let metrics_handle = crate::telemetry::install_metrics();
+    let readiness = Readiness::new(streams);
+    let addr = serve(
+        common.admin_addr,
+        readiness.clone(),
+        metrics_handle,
+        shutdown,
+    )
+    .await?;
+    Ok((readiness, addr))
+}

@@ -62,17 +62,9 @@ pub async fn start(
     config: EnrichConfig,
     shutdown: CancellationToken,
 ) -> Result<Running, EnrichError> {
-    let metrics_handle = gong_common::telemetry::install_metrics();
-    metrics::register();
-    let readiness = Readiness::new(vec![
-        names::STREAM_RAW,
-        names::STREAM_ENRICHED,
-        names::STREAM_DLQ,
-    ]);
-    let admin_addr = admin::serve(
-        config.common.admin_addr,
-        readiness.clone(),
-        metrics_handle,
+    let (readiness, admin_addr) = admin::start(
+        &config.common,
+        vec![names::STREAM_RAW, names::STREAM_ENRICHED, names::STREAM_DLQ],
         shutdown.clone(),
     )
     .await
@@ -80,6 +72,7 @@ pub async fn start(
         addr: config.common.admin_addr,
         source,
     })?;
+    metrics::register();
 
     let client = gong_common::nats::connect(&config.common, "gong-enrich").await?;
     let jetstream = gong_common::nats::jetstream_context(

@@ -51,16 +51,12 @@ pub async fn start(
     config: IngestConfig,
     shutdown: CancellationToken,
 ) -> Result<Running, IngestError> {
-    let metrics_handle = gong_common::telemetry::install_metrics();
-    metrics::register();
-    let readiness = Readiness::new(vec![
-        gong_common::names::STREAM_RAW,
-        gong_common::names::STREAM_DLQ,
-    ]);
-    let admin_addr = admin::serve(
-        config.common.admin_addr,
-        readiness.clone(),
-        metrics_handle,
+    let (readiness, admin_addr) = admin::start(
+        &config.common,
+        vec![
+            gong_common::names::STREAM_RAW,
+            gong_common::names::STREAM_DLQ,
+        ],
         shutdown.clone(),
     )
     .await
@@ -68,6 +64,7 @@ pub async fn start(
         addr: config.common.admin_addr,
         source,
     })?;
+    metrics::register();
 
     let client = gong_common::nats::connect(&config.common, "gong-ingest").await?;
     let jetstream = gong_common::nats::jetstream_context(

@@ -38,7 +38,7 @@ pub mod stage;
 
 use std::net::SocketAddr;
 
-use gong_common::admin::{self, Readiness};
+use gong_common::admin;
 use gong_common::names;
 use gong_common::streams::{ensure_streams, StreamKind};
 use tokio::task::JoinHandle;
@@ -69,13 +69,9 @@ pub async fn run(config: LoadConfig, shutdown: CancellationToken) -> Result<(), 
 /// Connects, provisions the streams, the range bucket and the consumer, opens the stage, and
 /// returns once the loop is running.
 pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Running, LoadError> {
-    let metrics_handle = gong_common::telemetry::install_metrics();
-    metrics::register();
-    let readiness = Readiness::new(vec![names::STREAM_ENRICHED, names::STREAM_DLQ]);
-    let admin_addr = admin::serve(
-        config.common.admin_addr,
-        readiness.clone(),
-        metrics_handle,
+    let (readiness, admin_addr) = admin::start(
+        &config.common,
+        vec![names::STREAM_ENRICHED, names::STREAM_DLQ],
         shutdown.clone(),
     )
     .await
@@ -83,6 +79,7 @@ pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Ru
         addr: config.common.admin_addr,
         source,
     })?;
+    metrics::register();
     let ctx = connect(config).await?;
     readiness.set_jetstream(ctx.jetstream.clone());
     let consumer = loader::ensure_consumer(&ctx.stream, &ctx.config).await?;

@@ -183,6 +183,11 @@ struct Claims {
     nbf: Option<serde_json::Value>,
 }
 
+/// A token whose size, shape and algorithm passed [`Verifier::precheck_jwt`]; its signature
+/// and claims are checked by [`Verifier::verify_prechecked`] once the body is read.
+#[derive(Debug)]
+pub struct PrecheckedJwt(String);
+
 /// Verifies requests; built once at start, shared by every connection.
 pub struct Verifier {
     keys: Vec<RuleKey>,
@@ -223,27 +228,36 @@ impl Verifier {
 
     /// Checks the JWT-independent part of a token before the body is read: size and algorithm.
     /// Lets hostile requests be refused without reading their bodies.
-    pub fn precheck_jwt(&self, authorization: &[u8]) -> Result<(), AuthError> {
+    pub fn precheck_jwt(&self, authorization: &[u8]) -> Result<PrecheckedJwt, AuthError> {
         let token = strip_bearer(authorization)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::MalformedToken)?;
         if header.alg != Algorithm::RS256 {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        Ok(())
+        Ok(PrecheckedJwt(token.to_string()))
     }
 
     /// Verifies Gong's JWT for `body`.
     pub fn verify_jwt(&self, authorization: &[u8], body: &[u8]) -> Result<(), AuthError> {
-        self.precheck_jwt(authorization)?;
-        let token = strip_bearer(authorization)?;
-        let claims = self.decode_with_any_key(token)?;
+        let jwt = self.precheck_jwt(authorization)?;
+        self.verify_prechecked(&jwt, &hex::encode(Sha256::digest(body)))
+    }
+
+    /// Verifies a prechecked token's signature and claims for a body whose lowercase hex
+    /// SHA-256 is `body_sha256` (the request path hashes the body once, for this check and for
+    /// the event id).
+    pub fn verify_prechecked(
+        &self,
+        jwt: &PrecheckedJwt,
+        body_sha256: &str,
+    ) -> Result<(), AuthError> {
+        let claims = self.decode_with_any_key(&jwt.0)?;
 
         let Some(serde_json::Value::String(claimed_hash)) = claims.body_sha256 else {
             return Err(AuthError::MissingClaim("body_sha256"));
         };
-        let actual_hash = hex::encode(Sha256::digest(body));
         let claimed_hash = claimed_hash.to_ascii_lowercase();
-        if !bool::from(claimed_hash.as_bytes().ct_eq(actual_hash.as_bytes())) {
+        if !bool::from(claimed_hash.as_bytes().ct_eq(body_sha256.as_bytes())) {
             return Err(AuthError::BodyHashMismatch);
         }
 

@@ -171,10 +171,11 @@ impl Ingest {
             if values.next().is_some() {
                 return Err(Reject::unauthorized(AuthError::MultipleAuthorization));
             }
-            self.verifier
+            let jwt = self
+                .verifier
                 .precheck_jwt(first.as_bytes())
                 .map_err(Reject::unauthorized)?;
-            Some(first.clone())
+            Some(jwt)
         } else {
             None
         };
@@ -182,14 +183,12 @@ impl Ingest {
         let _permit = match self.in_flight.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                return Err(Reject::unavailable(
+                let mut reject = Reject::unavailable(
                     "too many requests in flight",
                     self.config.retry_after_secs,
-                ))
-                .map_err(|mut reject| {
-                    reject.outcome = "overloaded";
-                    reject
-                })
+                );
+                reject.outcome = "overloaded";
+                return Err(reject);
             }
         };
         metrics::in_flight(
@@ -200,13 +199,15 @@ impl Ingest {
 
         let body = self.read_body(request).await?;
 
-        if let Some(authorization) = &authorization {
+        // One hash of the raw bytes serves the body_sha256 check and the event id.
+        let event_id = gong_common::event::content_id(&body);
+        if let Some(jwt) = &authorization {
             self.verifier
-                .verify_jwt(authorization.as_bytes(), &body)
+                .verify_prechecked(jwt, &event_id)
                 .map_err(Reject::unauthorized)?;
         }
 
-        let result = self.store(mode, body).await;
+        let result = self.store(mode, body, event_id).await;
         metrics::in_flight(
             self.config
                 .max_concurrent_requests
@@ -267,8 +268,8 @@ impl Ingest {
         &self,
         mode: AuthMode,
         body: Bytes,
+        event_id: String,
     ) -> Result<(&'static str, HttpResponse), Reject> {
-        let event_id = gong_common::event::content_id(&body);
         let received_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let classified = classify(&body);
 

@@ -52,19 +52,6 @@ pub struct LoadConfig {
     pub crash_after_write: bool,
 }
 
-/// Variables handed to the S3 store when set.
-const AWS_VARS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT",
-    "AWS_ALLOW_HTTP",
-    "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
-];
-
 impl LoadConfig {
     /// Reads and validates the variables; the Snowflake key is parsed here, once.
     pub fn from_env(env: &Env) -> Result<LoadConfig, ConfigError> {
@@ -90,7 +77,7 @@ impl LoadConfig {
                 ));
             }
         }
-        let aws = AWS_VARS
+        let aws = crate::stage::AWS_VARS
             .iter()
             .filter_map(|var| {
                 env.get(var)

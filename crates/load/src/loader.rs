@@ -522,27 +522,38 @@ impl Loader {
         };
         metrics::range_taken_over();
         tracing::info!(first = record.first, last = record.last, previous_owner = %record.owner, "taking over a pending range");
-        let staged = match self
-            .ctx
-            .rewrite_range(record.first, record.last, &self.shutdown)
-            .await
-        {
-            Ok(staged) => staged,
-            Err(err) => {
-                nak(&self.ctx, &message).await;
-                return Err(err);
-            }
-        };
-        let _ = settle(
-            &self.ctx.jetstream,
-            PipelineStage::Load,
-            &message,
-            Outcome::Done,
-        )
-        .await;
+        let staged = self
+            .rewrite_then_ack(&message, record.first, record.last)
+            .await?;
         let _ = self.ctx.ranges.mark_done(record, revision).await;
         self.ctx.report_durable(&staged);
         Ok(())
+    }
+
+    /// Rewrites `first..=last` and acks `message` once every file is durable; on failure the
+    /// message is nak'd (redelivered later) and the error returned.
+    async fn rewrite_then_ack(
+        &mut self,
+        message: &jetstream::Message,
+        first: u64,
+        last: u64,
+    ) -> Result<crate::range_writer::StagedRange, LoadError> {
+        match self.ctx.rewrite_range(first, last, &self.shutdown).await {
+            Ok(staged) => {
+                let _ = settle(
+                    &self.ctx.jetstream,
+                    PipelineStage::Load,
+                    message,
+                    Outcome::Done,
+                )
+                .await;
+                Ok(staged)
+            }
+            Err(err) => {
+                nak(&self.ctx, message).await;
+                Err(err)
+            }
+        }
     }
 
     async fn stage_orphan(
@@ -552,20 +563,7 @@ impl Loader {
     ) -> Result<(), LoadError> {
         match self.ctx.ranges.claim(seq, seq).await? {
             Claim::Won { revision } => {
-                let staged = match self.ctx.rewrite_range(seq, seq, &self.shutdown).await {
-                    Ok(staged) => staged,
-                    Err(err) => {
-                        nak(&self.ctx, &message).await;
-                        return Err(err);
-                    }
-                };
-                let _ = settle(
-                    &self.ctx.jetstream,
-                    PipelineStage::Load,
-                    &message,
-                    Outcome::Done,
-                )
-                .await;
+                let staged = self.rewrite_then_ack(&message, seq, seq).await?;
                 let record = crate::ranges::RangeRecord {
                     first: seq,
                     last: seq,

@@ -115,7 +115,7 @@ impl std::fmt::Debug for Stage {
 
 /// AWS variables read from the configuration (over the process environment, which
 /// `AmazonS3Builder::from_env` reads for everything else, such as web-identity credentials).
-const AWS_VARS: &[&str] = &[
+pub(crate) const AWS_VARS: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",

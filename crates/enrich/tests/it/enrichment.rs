@@ -159,10 +159,23 @@ async fn metrics_are_exported_under_their_contract_names() {
         let url = url.clone();
         async move {
             let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
-            wanted
-                .iter()
-                .all(|name| body.contains(name))
-                .then_some(body)
+            // Every name is registered at start; these must also have moved (the recorder is
+            // process-wide, so at least this instance's work).
+            let value = |series: &str| -> f64 {
+                body.lines()
+                    .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+                    .unwrap_or(0.0)
+            };
+            let moved =
+                value("gong_enrich_api_requests_total{endpoint=\"extensive\",status=\"200\"}")
+                    >= 1.0
+                    && value(
+                        "gong_enrich_api_requests_total{endpoint=\"extensive\",status=\"429\"}",
+                    ) >= 1.0
+                    && value("gong_enrich_events_total{outcome=\"enriched\"}") >= 5.0
+                    && value("gong_enrich_batch_size_count") >= 1.0
+                    && value("gong_enrich_calls_per_request_count") >= 1.0;
+            (moved && wanted.iter().all(|name| body.contains(name))).then_some(body)
         }
     })
     .await;

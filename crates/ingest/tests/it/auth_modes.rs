@@ -272,11 +272,23 @@ async fn metrics_show_ingest_counters() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("gong_ingest_requests_total"), "{metrics}");
+    // Names are registered at start with zero values, so check the values moved. The recorder
+    // is process-wide (other tests count too): at least this request.
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
+    };
     assert!(
-        metrics.contains("gong_ingest_publish_duration_seconds_bucket"),
+        value("gong_ingest_requests_total{outcome=\"accepted\"}") >= 1.0,
         "{metrics}"
     );
+    assert!(
+        value("gong_ingest_publish_duration_seconds_count") >= 1.0,
+        "{metrics}"
+    );
+    assert!(value("gong_ingest_body_bytes_count") >= 1.0, "{metrics}");
     let ready = harness
         .http
         .get(format!("http://{}/readyz", harness.ingest.admin_addr))

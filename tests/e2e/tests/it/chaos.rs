@@ -13,7 +13,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::support::pipeline::{both, poll, stream_messages, Options, Pipeline, StageTarget};
+use crate::support::pipeline::{
+    both, stream_messages, wait_drained, Options, Pipeline, StageTarget,
+};
 use crate::support::process::Kind;
 use crate::support::sender::{answer_counts, call_ids, Sender, Traffic};
 use crate::support::stage::{read_local, Verdict};
@@ -95,21 +97,7 @@ async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
 
     let deliveries = traffic.finish().await;
     let sent_for = started.elapsed();
-    let drained = poll(
-        Duration::from_secs(scaled(120, 300)),
-        "every 2xx'd event staged and both consumers drained",
-        || async {
-            let (enrich, load) = both(&jetstream).await?;
-            let done = enrich.pending == 0
-                && enrich.ack_pending == 0
-                && load.drained()
-                && Verdict::of(&deliveries, &read_local(&stage))
-                    .missing
-                    .is_empty();
-            done.then_some(())
-        },
-    )
-    .await;
+    let drained = wait_drained(&jetstream, &deliveries, || async { read_local(&stage) }).await;
     let staged = read_local(&stage);
     let verdict = Verdict::of(&deliveries, &staged);
     if let Err(reason) = drained {

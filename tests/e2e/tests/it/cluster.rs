@@ -10,7 +10,9 @@ use async_nats::jetstream;
 use gong_common::names;
 use gong_testkit::cluster::NatsCluster;
 
-use crate::support::pipeline::{both, poll, stream_messages, Options, Pipeline, StageTarget};
+use crate::support::pipeline::{
+    both, poll, stream_messages, wait_drained, Options, Pipeline, StageTarget,
+};
 use crate::support::sender::{answer_counts, call_ids, Delivery, Sender, Traffic};
 use crate::support::stage::{read_local, Verdict};
 use crate::support::{first_call_id, report, scaled};
@@ -87,21 +89,7 @@ async fn losing_a_node_of_a_three_node_cluster_loses_nothing() {
     }
 
     let deliveries = traffic.finish().await;
-    let drained = poll(
-        Duration::from_secs(scaled(120, 300)),
-        "every 2xx'd event staged and both consumers drained",
-        || async {
-            let (enrich, load) = both(&jetstream).await?;
-            let done = enrich.pending == 0
-                && enrich.ack_pending == 0
-                && load.drained()
-                && Verdict::of(&deliveries, &read_local(&stage))
-                    .missing
-                    .is_empty();
-            done.then_some(())
-        },
-    )
-    .await;
+    let drained = wait_drained(&jetstream, &deliveries, || async { read_local(&stage) }).await;
     let staged = read_local(&stage);
     let verdict = Verdict::of(&deliveries, &staged);
     if let Err(reason) = drained {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gong_testkit::NatsServer;
 
-use crate::support::pipeline::{both, poll, Options, Pipeline, StageTarget};
+use crate::support::pipeline::{both, poll, wait_drained, Options, Pipeline, StageTarget};
 use crate::support::process::Kind;
 use crate::support::sender::{answer_counts, call_ids, Sender, Traffic};
 use crate::support::stage::{read_local, Verdict};
@@ -63,21 +63,7 @@ async fn ingest_answers_503_during_a_nats_outage_and_every_stage_recovers_alone(
 
     let deliveries = traffic.finish().await;
     let jetstream = nats.jetstream().await;
-    let drained = poll(
-        Duration::from_secs(scaled(120, 300)),
-        "every 2xx'd event staged and both consumers drained",
-        || async {
-            let (enrich, load) = both(&jetstream).await?;
-            let done = enrich.pending == 0
-                && enrich.ack_pending == 0
-                && load.drained()
-                && Verdict::of(&deliveries, &read_local(&stage))
-                    .missing
-                    .is_empty();
-            done.then_some(())
-        },
-    )
-    .await;
+    let drained = wait_drained(&jetstream, &deliveries, || async { read_local(&stage) }).await;
     let settled_after_restart = up_at.elapsed();
     let staged = read_local(&stage);
     let verdict = Verdict::of(&deliveries, &staged);

@@ -13,7 +13,9 @@ use gong_testkit::NatsServer;
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 
-use crate::support::pipeline::{both, poll, progress, Options, Pipeline, StageTarget};
+use crate::support::pipeline::{
+    both, poll, progress, wait_drained, Options, Pipeline, StageTarget,
+};
 use crate::support::proxy::Proxy;
 use crate::support::sender::{call_ids, Sender, Traffic};
 use crate::support::stage::{read_local, read_store, Staged, Verdict};
@@ -179,21 +181,7 @@ async fn stage_outage_mid_load(options: Options, nats: &NatsServer, reader: Read
     .unwrap_or_else(|reason| panic!("{}: {reason}\n{}", fault.name(), pipeline.explain()));
 
     let deliveries = traffic.finish().await;
-    let drained = poll(
-        Duration::from_secs(scaled(120, 300)),
-        "every 2xx'd event staged and both consumers drained",
-        || async {
-            let (enrich, load) = both(&jetstream).await?;
-            if !(enrich.pending == 0 && enrich.ack_pending == 0 && load.drained()) {
-                return None;
-            }
-            Verdict::of(&deliveries, &reader.read().await)
-                .missing
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await;
+    let drained = wait_drained(&jetstream, &deliveries, || reader.read()).await;
     let staged = reader.read().await;
     let verdict = Verdict::of(&deliveries, &staged);
     if let Err(reason) = drained {

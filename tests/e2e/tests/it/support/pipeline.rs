@@ -269,3 +269,34 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until both consumers are drained and every 2xx'd delivery is in the stage as `read`
+/// returns it; `Err` says what was still missing when the (scaled) timeout ran out.
+pub async fn wait_drained<F, Fut>(
+    jetstream: &jetstream::Context,
+    deliveries: &[super::sender::Delivery],
+    mut read: F,
+) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = super::stage::Staged>,
+{
+    poll(
+        Duration::from_secs(super::scaled(120, 300)),
+        "every 2xx'd event staged and both consumers drained",
+        || {
+            let staged = read();
+            async move {
+                let (enrich, load) = both(jetstream).await?;
+                if !(enrich.pending == 0 && enrich.ack_pending == 0 && load.drained()) {
+                    return None;
+                }
+                super::stage::Verdict::of(deliveries, &staged.await)
+                    .missing
+                    .is_empty()
+                    .then_some(())
+            }
+        },
+    )
+    .await
+}

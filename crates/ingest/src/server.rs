@@ -311,19 +311,15 @@ impl Ingest {
         } else {
             tracing::debug!(event_id = %event_id, stream_seq = ack.sequence, duplicate = ack.duplicate, subject, "webhook stored");
         }
-        let mut answer = serde_json::json!({
-            "event_id": event_id,
-            "stream_seq": ack.sequence,
-            "duplicate": ack.duplicate,
-        });
-        if dead_letter_reason.is_some() {
-            answer["dead_lettered"] = true.into();
-            answer["stream"] = names::STREAM_DLQ.into();
-        }
-        Ok((
-            outcome,
-            gong_common::admin::json(StatusCode::ACCEPTED, &answer),
-        ))
+        let dead_lettered = dead_letter_reason.is_some();
+        let answer = Accepted {
+            event_id: &event_id,
+            stream_seq: ack.sequence,
+            duplicate: ack.duplicate,
+            dead_lettered: dead_lettered.then_some(true),
+            stream: dead_lettered.then_some(names::STREAM_DLQ),
+        };
+        Ok((outcome, accepted_response(&answer)))
     }
 
     async fn publish(
@@ -439,6 +435,31 @@ pub fn classify(body: &[u8]) -> Result<Classified, String> {
 
 fn is_call_id(text: &str) -> bool {
     !text.is_empty() && text.len() <= 32 && text.bytes().all(|byte| byte.is_ascii_digit())
+}
+
+/// The 202 body. A typed struct, serialised straight to bytes: no `serde_json::Value` map to
+/// build on every accepted webhook.
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    event_id: &'a str,
+    stream_seq: u64,
+    duplicate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_lettered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'static str>,
+}
+
+fn accepted_response(answer: &Accepted<'_>) -> HttpResponse {
+    // Serialising plain strings, integers and booleans cannot fail.
+    let body = serde_json::to_vec(answer).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn reject_response(reject: &Reject, retry_after: Option<u64>) -> HttpResponse {

@@ -60,20 +60,30 @@ impl EnrichedEvent {
         serde_json::to_vec(self).expect("enriched event serialises")
     }
 
-    /// Decodes and checks the version.
+    /// Decodes and checks the version. One pass in the common case; only a body that does not
+    /// decode as this version is read again for its `schema_version`, so that a newer event
+    /// says "unsupported version" rather than a field error.
     pub fn from_json(bytes: &[u8]) -> Result<EnrichedEvent, DecodeError> {
         #[derive(Deserialize)]
         struct VersionProbe {
             schema_version: u32,
         }
-        let probe: VersionProbe = serde_json::from_slice(bytes)?;
-        if probe.schema_version > ENRICHED_SCHEMA_VERSION {
-            return Err(DecodeError::UnsupportedVersion {
-                found: probe.schema_version,
-                supported: ENRICHED_SCHEMA_VERSION,
-            });
+        let unsupported = |found: u32| DecodeError::UnsupportedVersion {
+            found,
+            supported: ENRICHED_SCHEMA_VERSION,
+        };
+        match serde_json::from_slice::<EnrichedEvent>(bytes) {
+            Ok(event) if event.schema_version > ENRICHED_SCHEMA_VERSION => {
+                Err(unsupported(event.schema_version))
+            }
+            Ok(event) => Ok(event),
+            Err(err) => match serde_json::from_slice::<VersionProbe>(bytes) {
+                Ok(probe) if probe.schema_version > ENRICHED_SCHEMA_VERSION => {
+                    Err(unsupported(probe.schema_version))
+                }
+                _ => Err(err.into()),
+            },
         }
-        Ok(serde_json::from_slice(bytes)?)
     }
 
     /// The call id (`call.metaData.id`).
@@ -121,6 +131,22 @@ mod tests {
             err,
             DecodeError::UnsupportedVersion { found: 99, .. }
         ));
+    }
+
+    #[test]
+    fn newer_versions_with_a_new_shape_are_refused_as_newer() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["schema_version"] = 2.into();
+        value["call"] = "a shape version 1 cannot read".into();
+        let err = EnrichedEvent::from_json(value.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::UnsupportedVersion { found: 2, .. }
+        ));
+        // The same body at version 1 is a plain decode error.
+        value["schema_version"] = 1.into();
+        let err = EnrichedEvent::from_json(value.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, DecodeError::Json(_)), "{err:?}");
     }
 
     #[test]

@@ -70,8 +70,16 @@ pub struct EnrichConfig {
     pub quota: QuotaConfig,
     /// `ENRICH_BATCH_SIZE` (default 100): raw events per batch, hence call ids per request.
     pub batch_size: usize,
-    /// `ENRICH_BATCH_LINGER` (default `1s`): how long a pull waits for a batch to fill.
+    /// `ENRICH_BATCH_LINGER` (default `1s`): how long a pull waits for a batch to fill while
+    /// today's Gong spend is on pace.
     pub batch_linger: Duration,
+    /// `ENRICH_BATCH_LINGER_MAX` (default `60s`, at least `ENRICH_BATCH_LINGER`): how long a
+    /// pull waits for a batch to fill while today's spend runs ahead of an even pace through the
+    /// UTC day (see [`crate::pacing`]). Equal to `ENRICH_BATCH_LINGER`, pacing is off.
+    pub batch_linger_max: Duration,
+    /// `ENRICH_PACE_SLACK` (default `5%` of `GONG_DAILY_QUOTA`, or a number of requests): how
+    /// far ahead of the even pace today's spend may be before the linger stretches.
+    pub pace_slack: u64,
     /// `ENRICH_ACK_WAIT` (default `60s`): redelivery delay of an unacknowledged raw event.
     pub ack_wait: Duration,
     /// `ENRICH_MAX_DELIVER` (default `-1`, unlimited): see [`EnrichConfig::from_env`].
@@ -201,7 +209,7 @@ impl EnrichConfig {
 
         let rate_per_second: u32 = env.positive_or("GONG_RATE_LIMIT_PER_SECOND", 3)?;
         let daily_quota: u64 = env.positive_or("GONG_DAILY_QUOTA", 10_000)?;
-        let backfill_reserve = parse_reserve(
+        let backfill_reserve = parse_quota_share(
             env.get("ENRICH_BACKFILL_DAILY_RESERVE").unwrap_or("10%"),
             daily_quota,
         )
@@ -254,6 +262,29 @@ impl EnrichConfig {
                 "must be at least ENRICH_BATCH_SIZE",
             ));
         }
+        let batch_linger = positive_duration(env, "ENRICH_BATCH_LINGER", Duration::from_secs(1))?;
+        // 60 s: under a trickle every pull that got a call costs 2 requests, so at the longest
+        // linger a replica spends at most 2 x 86,400 / 60 = 2,880 requests a day and the three
+        // replicas KEDA may run stay under the default 10,000 (30 s would let two replicas spend
+        // 11,520). Held events report progress, so it may exceed ENRICH_ACK_WAIT.
+        let batch_linger_max = positive_duration(
+            env,
+            "ENRICH_BATCH_LINGER_MAX",
+            batch_linger.max(Duration::from_secs(60)),
+        )?;
+        if batch_linger_max < batch_linger {
+            return Err(ConfigError::new(
+                "ENRICH_BATCH_LINGER_MAX",
+                "must be at least ENRICH_BATCH_LINGER (equal turns quota pacing off)",
+            ));
+        }
+        let slack = env.get("ENRICH_PACE_SLACK").unwrap_or("5%");
+        let pace_slack = parse_quota_share(slack, daily_quota).ok_or_else(|| {
+            ConfigError::new(
+                "ENRICH_PACE_SLACK",
+                "must be a percentage such as 5% or a number of requests below GONG_DAILY_QUOTA",
+            )
+        })?;
         let malformed_retries: i64 = env.parse_or("ENRICH_MALFORMED_RETRIES", 3)?;
         if malformed_retries < 0 {
             return Err(ConfigError::new(
@@ -266,7 +297,9 @@ impl EnrichConfig {
             gong,
             quota,
             batch_size,
-            batch_linger: positive_duration(env, "ENRICH_BATCH_LINGER", Duration::from_secs(1))?,
+            batch_linger,
+            batch_linger_max,
+            pace_slack,
             ack_wait,
             max_deliver,
             max_ack_pending,
@@ -301,8 +334,8 @@ fn url_scheme_and_host(url: &str) -> Option<(&str, &str)> {
     Some((scheme, host))
 }
 
-/// `10%` of `daily_quota`, or a plain number of requests; `None` when it leaves nothing.
-fn parse_reserve(raw: &str, daily_quota: u64) -> Option<u64> {
+/// `10%` of `daily_quota`, or a plain number of requests; `None` unless below `daily_quota`.
+fn parse_quota_share(raw: &str, daily_quota: u64) -> Option<u64> {
     let raw = raw.trim();
     let reserve = if let Some(percent) = raw.strip_suffix('%') {
         let percent: f64 = percent.trim().parse().ok()?;
@@ -340,6 +373,8 @@ mod tests {
         assert_eq!(config.quota.backfill_reserve, 1_000);
         assert_eq!(config.batch_size, 100);
         assert_eq!(config.batch_linger, Duration::from_secs(1));
+        assert_eq!(config.batch_linger_max, Duration::from_secs(60));
+        assert_eq!(config.pace_slack, 500);
         assert_eq!(config.ack_wait, Duration::from_secs(60));
         assert_eq!(config.max_deliver, -1);
         assert_eq!(config.max_ack_pending, 1000);
@@ -377,6 +412,8 @@ mod tests {
             ("ENRICH_MAX_DELIVER", "0"),
             ("ENRICH_CONTENT_SELECTOR", "[1]"),
             ("ENRICH_ACK_WAIT", "10ms"),
+            ("ENRICH_BATCH_LINGER_MAX", "500ms"),
+            ("ENRICH_PACE_SLACK", "100%"),
         ] {
             let err = EnrichConfig::from_env(&env(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{value}");
@@ -384,11 +421,25 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_linger_is_never_below_the_base_one() {
+        let config = EnrichConfig::from_env(&env(&[("ENRICH_BATCH_LINGER", "2m")])).unwrap();
+        assert_eq!(config.batch_linger_max, Duration::from_secs(120));
+        let off = EnrichConfig::from_env(&env(&[
+            ("ENRICH_BATCH_LINGER", "250ms"),
+            ("ENRICH_BATCH_LINGER_MAX", "250ms"),
+            ("ENRICH_PACE_SLACK", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(off.batch_linger_max, off.batch_linger);
+        assert_eq!(off.pace_slack, 0);
+    }
+
+    #[test]
     fn reserve_accepts_percentages_and_counts() {
-        assert_eq!(parse_reserve("10%", 10_000), Some(1_000));
-        assert_eq!(parse_reserve("250", 10_000), Some(250));
-        assert_eq!(parse_reserve("0%", 10), Some(0));
-        assert_eq!(parse_reserve("10", 10), None);
-        assert_eq!(parse_reserve("x", 10), None);
+        assert_eq!(parse_quota_share("10%", 10_000), Some(1_000));
+        assert_eq!(parse_quota_share("250", 10_000), Some(250));
+        assert_eq!(parse_quota_share("0%", 10), Some(0));
+        assert_eq!(parse_quota_share("10", 10), None);
+        assert_eq!(parse_quota_share("x", 10), None);
     }
 }

@@ -8,6 +8,7 @@
 //! - `error.rs`: [`error::EnrichError`] (named after the failing step), [`error::GongError`],
 //!   [`error::QuotaError`].
 //! - `worker.rs`: the stage loop: quota check, pull a batch, enrich, publish, settle.
+//! - `pacing.rs`: the batch linger paced to the daily quota ([`pacing::Pacing`]).
 //! - `pipeline.rs`: raw event reading, per-event [`pipeline::Verdict`], enriched-event publishing
 //!   (shared by the loop and replays).
 //! - `gong_api.rs`: batched, paged calls to Gong's REST API.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod gong_api;
 pub mod metrics;
+pub mod pacing;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod replay;
@@ -73,6 +75,8 @@ pub async fn start(
         source,
     })?;
     metrics::register();
+    // The linger before the first quota read; the loop updates it before every pull.
+    metrics::batch_linger(config.batch_linger);
 
     let client = gong_common::nats::connect(&config.common, "gong-enrich").await?;
     let jetstream = gong_common::nats::jetstream_context(

@@ -5,6 +5,8 @@
 //! - `gong_enrich_api_request_duration_seconds{endpoint}`.
 //! - `gong_enrich_batch_size`: raw events per pulled batch.
 //! - `gong_enrich_calls_per_request`: call ids per Gong request.
+//! - `gong_enrich_batch_linger_seconds`: how long the current pull waits for its batch to fill
+//!   (`ENRICH_BATCH_LINGER`, or `ENRICH_BATCH_LINGER_MAX` while the quota spend is ahead of pace).
 //! - `gong_enrich_quota_remaining_today`, `gong_enrich_quota_exhausted` (0/1).
 //! - `gong_enrich_rate_limited_total`: 429s received from Gong.
 //! - `gong_enrich_events_total{outcome}`: raw events by outcome.
@@ -74,6 +76,11 @@ pub fn calls_per_request(count: usize) {
 /// Raw events in one pulled batch.
 pub fn batch_size(count: usize) {
     metrics::histogram!("gong_enrich_batch_size").record(count as f64);
+}
+
+/// The linger of the pull about to start (quota pacing, [`crate::pacing`]).
+pub fn batch_linger(linger: Duration) {
+    metrics::gauge!("gong_enrich_batch_linger_seconds").set(linger.as_secs_f64());
 }
 
 /// A 429 from Gong.

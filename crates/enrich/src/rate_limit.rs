@@ -67,6 +67,16 @@ pub struct QuotaState {
 }
 
 impl QuotaState {
+    /// Requests spent on the UTC day of `now_ms` (Unix milliseconds): `day_count`, or 0 when the
+    /// stored count belongs to another day (the count restarts at 00:00 UTC, as in `on_day`).
+    pub fn spent_on_day_of(&self, now_ms: i64) -> u64 {
+        if self.day == utc_day(now_ms) {
+            self.day_count
+        } else {
+            0
+        }
+    }
+
     /// The state as seen on `today`: the day count restarts on a new UTC day.
     fn on_day(mut self, today: &str) -> QuotaState {
         if self.day != today {
@@ -91,6 +101,10 @@ pub struct Grant {
 pub struct Snapshot {
     /// Requests left today for the asking priority.
     pub remaining_today: u64,
+    /// Requests spent today by the whole deployment (every priority; 0 on a new UTC day).
+    pub spent_today: u64,
+    /// Wall-clock Unix milliseconds the state was read at (the day `spent_today` belongs to).
+    pub at_ms: i64,
 }
 
 /// The shared limiter; cheap to clone.
@@ -205,6 +219,7 @@ impl RateLimiter {
 
     /// Whether a slot could be had for `priority` without taking one: `Err` when the daily quota
     /// is spent or Gong's pause is longer than `max_hold` (then nothing should be pulled).
+    /// Read-only: the [`Snapshot`] also says what was spent today, for the linger's pacing.
     pub async fn check(&self, priority: Priority) -> Result<Snapshot, QuotaError> {
         let (state, _) = self.load().await?;
         let now = now_ms();
@@ -224,6 +239,8 @@ impl RateLimiter {
         }
         Ok(Snapshot {
             remaining_today: limit - state.day_count,
+            spent_today: state.day_count,
+            at_ms: now,
         })
     }
 

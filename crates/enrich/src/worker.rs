@@ -5,6 +5,10 @@
 //! Nothing is pulled while the daily quota is spent or Gong ordered a long pause, and nothing
 //! spins: the loop sleeps until the reset (re-checking each minute) with a WARN log and the
 //! `gong_enrich_quota_exhausted` gauge at 1.
+//!
+//! The same quota read paces the batch linger ([`crate::pacing`]): while today's spend runs
+//! ahead of an even pace through the UTC day a pull waits up to `ENRICH_BATCH_LINGER_MAX` for
+//! its batch to fill, otherwise `ENRICH_BATCH_LINGER`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +26,7 @@ use crate::config::EnrichConfig;
 use crate::error::{EnrichError, QuotaError};
 use crate::gong_api::{backoff, GongApi};
 use crate::metrics;
+use crate::pacing::Pacing;
 use crate::pipeline::{self, RawEvent, Verdict};
 use crate::rate_limit::Priority;
 
@@ -82,19 +87,37 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
     )));
     let mut quota_warned = false;
     let mut auth_pause_until: Option<Instant> = None;
+    let pacing = Pacing::from_config(&worker.config);
+    let mut linger = pacing.base;
     tracing::info!(
         consumer = names::CONSUMER_ENRICH,
         batch_size = worker.config.batch_size,
         rate_per_second = worker.config.quota.rate_per_second,
         daily_quota = worker.config.quota.daily_quota,
+        batch_linger_ms = pacing.base.as_millis() as u64,
+        batch_linger_max_ms = pacing.max.as_millis() as u64,
+        pace_slack = pacing.slack,
         "gong-enrich consuming"
     );
     while !shutdown.is_cancelled() {
         match worker.api.limiter().check(Priority::Live).await {
-            Ok(_) => {
+            Ok(snapshot) => {
                 if quota_warned {
                     tracing::info!("gong quota available again; resuming");
                     quota_warned = false;
+                }
+                let paced = pacing.linger(snapshot.spent_today, snapshot.at_ms);
+                if paced != linger {
+                    linger = paced;
+                    metrics::batch_linger(linger);
+                    let ahead = pacing.is_ahead(snapshot.spent_today, snapshot.at_ms);
+                    tracing::info!(
+                        batch_linger_ms = linger.as_millis() as u64,
+                        spent_today = snapshot.spent_today,
+                        allowed_by_now = pacing.allowed_by(snapshot.at_ms),
+                        ahead_of_pace = ahead,
+                        "batch linger paced to the daily gong quota"
+                    );
                 }
             }
             Err(err) => {
@@ -136,7 +159,7 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
             }
         }
 
-        let messages = match pull(&worker, &shutdown).await {
+        let messages = match pull(&worker, linger, &shutdown).await {
             Ok(messages) => messages,
             Err(err) => {
                 tracing::warn!(error = %err, "pull failed; retrying");
@@ -183,22 +206,33 @@ async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) {
     }
 }
 
-/// Up to `batch_size` raw events, or what arrives within `batch_linger`.
+/// Up to `batch_size` raw events, or what arrives within `linger`. The events already
+/// delivered report progress while the pull lingers, so a linger longer than a third of
+/// `ENRICH_ACK_WAIT` never gets them redelivered.
 async fn pull(
     worker: &Worker,
+    linger: Duration,
     shutdown: &CancellationToken,
 ) -> Result<Vec<jetstream::Message>, async_nats::Error> {
     let mut batch = worker
         .consumer
         .batch()
         .max_messages(worker.config.batch_size)
-        .expires(worker.config.batch_linger)
+        .expires(linger)
         .messages()
         .await?;
-    let mut messages = Vec::new();
+    let every = progress_every(&worker.config);
+    let mut progress = tokio::time::interval_at(Instant::now() + every, every);
+    let mut messages: Vec<jetstream::Message> = Vec::new();
     loop {
         let next = tokio::select! {
             next = batch.next() => next,
+            _ = progress.tick() => {
+                for message in &messages {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
         match next {
@@ -228,6 +262,11 @@ async fn hand_back(messages: &[jetstream::Message]) {
 struct BatchReport {
     enriched: usize,
     auth_fault: bool,
+}
+
+/// How often held raw events tell JetStream they are still in progress.
+fn progress_every(config: &EnrichConfig) -> Duration {
+    (config.ack_wait / 3).max(Duration::from_millis(200))
 }
 
 /// Runs `work` while telling JetStream every `every` that `messages` are still in progress, so
@@ -336,10 +375,9 @@ fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict) -> Decision
 
 async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> BatchReport {
     let events: Vec<RawEvent> = messages.iter().map(RawEvent::from_message).collect();
-    let progress_every = (worker.config.ack_wait / 3).max(Duration::from_millis(200));
     let verdicts = with_progress(
         messages,
-        progress_every,
+        progress_every(&worker.config),
         pipeline::enrich(&worker.api, &events, Priority::Live),
     )
     .await;

@@ -148,6 +148,7 @@ async fn metrics_are_exported_under_their_contract_names() {
         "gong_enrich_api_requests_total{endpoint=\"extensive\",status=\"429\"}",
         "gong_enrich_api_request_duration_seconds_bucket{endpoint=\"extensive\"",
         "gong_enrich_batch_size_bucket",
+        "gong_enrich_batch_linger_seconds",
         "gong_enrich_calls_per_request_bucket",
         "gong_enrich_quota_remaining_today",
         "gong_enrich_quota_exhausted",

@@ -4,6 +4,7 @@ mod support;
 
 mod enrichment;
 mod faults;
+mod pacing;
 mod process;
 mod quota;
 mod replay;

@@ -10,3 +10,6 @@ for bench in target/debug/*-bench; do
   echo "--- $(basename "$bench") --quick"
   RUST_LOG=error "$bench" --quick
 done
+# The acceptance run (gong-ingest vs FastAPI vs the JetStream ceiling, with wrk), tiny.
+echo "--- benches/acceptance/run.sh --quick"
+benches/acceptance/run.sh --quick

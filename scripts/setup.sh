@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what gong-pipeline needs on a fresh Debian/Ubuntu machine: nats-server (Debian
 # package) and, with --test, the Python helpers the test suite starts (moto's S3 server,
-# kubernetes-validate). Safe to run again: it only installs what is missing.
+# kubernetes-validate) and the acceptance benchmark's tools (wrk, FastAPI, uvicorn). Safe to run
+# again: it only installs what is missing.
 set -euo pipefail
 
 want_test_tools=0
@@ -11,7 +12,8 @@ for arg in "$@"; do
     -h|--help)
       echo "usage: scripts/setup.sh [--test]"
       echo "  installs nats-server (apt) when missing; --test also installs the test helpers from PyPI:"
-      echo "  moto[server], kubernetes-validate, PyJWT, cryptography, nats-py, pyarrow, duckdb"
+      echo "  moto[server], kubernetes-validate, PyJWT, cryptography, nats-py, pyarrow, duckdb,"
+      echo "  fastapi, uvicorn[standard]; and wrk (apt) for benches/acceptance/run.sh"
       exit 0 ;;
   esac
 done
@@ -61,6 +63,15 @@ if [ "$want_test_tools" -eq 1 ]; then
   if ! "$py" -c 'import jwt, nats, pyarrow, duckdb, cryptography' >/dev/null 2>&1; then
     echo "setup: installing PyJWT, cryptography, nats-py, pyarrow, duckdb (independent interop checks)"
     "$py" -m pip install -q --disable-pip-version-check PyJWT cryptography nats-py pyarrow duckdb >/dev/null
+  fi
+  if ! "$py" -c 'import fastapi, uvicorn, uvloop, httptools' >/dev/null 2>&1; then
+    echo "setup: installing fastapi, uvicorn[standard] (the acceptance benchmark's Python baseline)"
+    "$py" -m pip install -q --disable-pip-version-check fastapi 'uvicorn[standard]' >/dev/null
+  fi
+  if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing wrk from Debian packages (the acceptance benchmark's load generator)"
+    as_root apt-get update -qq || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
   fi
   if ! command -v kubernetes-validate >/dev/null 2>&1 && ! "$py" -c 'import kubernetes_validate' >/dev/null 2>&1; then
     echo "setup: installing kubernetes-validate from PyPI"

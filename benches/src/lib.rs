@@ -52,6 +52,23 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time (user + system) a process has used so far, in seconds (Linux: /proc/PID/stat).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks / per_second as f64)
+}
+
+/// CPU time used by this process so far, in seconds.
+pub fn own_cpu_seconds() -> Option<f64> {
+    cpu_seconds(std::process::id())
+}
+
 /// Path of a workspace binary built next to the running bench binary (same profile).
 pub fn sibling_binary(name: &str) -> PathBuf {
     let me = std::env::current_exe().expect("current exe");
@@ -155,4 +172,70 @@ pub fn machine() -> String {
 /// Formats a number of requests per second.
 pub fn per_second(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The ingest benchmarks' ceiling: raw JetStream publish-with-ack of `count` messages of
+/// `payload_len` bytes (each unique, with its own `Nats-Msg-Id` and the other headers gong-ingest
+/// stores, so the message is the same size) on `gong.raw.call`, by
+/// `in_flight` publishers each waiting for its ack before the next publish, as gong-ingest does.
+/// Provisions `GONG_RAW` with the default settings first. Returns messages per second.
+pub async fn raw_publish_rate(
+    client: async_nats::Client,
+    count: usize,
+    in_flight: usize,
+    payload_len: usize,
+) -> anyhow::Result<f64> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let jetstream = gong_common::nats::jetstream_context(client, Duration::from_secs(5), 4096);
+    gong_common::streams::ensure_streams(
+        &jetstream,
+        &gong_common::streams::StreamSettings::default(),
+        &[gong_common::streams::StreamKind::Raw],
+    )
+    .await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..in_flight {
+        let (jetstream, next) = (jetstream.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let mut payload = vec![b'x'; payload_len];
+                payload[..8].copy_from_slice(&(index as u64).to_le_bytes());
+                // The headers gong-ingest stores with every webhook, with values of the same
+                // length: the ceiling publishes the same message size, headers included.
+                let id = format!("{index:064x}");
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                headers.insert(gong_common::names::headers::EVENT_ID, id.as_str());
+                headers.insert(
+                    gong_common::names::headers::RECEIVED_AT,
+                    "2026-11-28T15:00:00.000000Z",
+                );
+                headers.insert(gong_common::names::headers::AUTH_MODE, "jwt");
+                headers.insert(
+                    gong_common::names::headers::CALL_ID,
+                    format!("{:019}", index).as_str(),
+                );
+                jetstream
+                    .publish_with_headers(
+                        gong_common::names::SUBJECT_RAW_CALL,
+                        headers,
+                        payload.into(),
+                    )
+                    .await?
+                    .await?;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(per_second(count, started.elapsed()))
 }

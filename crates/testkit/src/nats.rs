@@ -145,6 +145,11 @@ impl NatsServer {
         }
     }
 
+    /// The process id while the server runs (benches read its CPU time from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port

@@ -86,9 +86,9 @@ pub struct EnrichConfig {
     pub max_deliver: i64,
     /// `ENRICH_MAX_ACK_PENDING` (default 1000): raw events in flight across all replicas.
     pub max_ack_pending: i64,
-    /// `ENRICH_MALFORMED_RETRIES` (default 3): deliveries of an event whose Gong answer could not
-    /// be understood before it is dead-lettered `malformed_response` (the event gets
-    /// `1 + retries` attempts, counted by JetStream's `delivered`).
+    /// `ENRICH_MALFORMED_RETRIES` (default 3): retries of an event whose Gong answer could not
+    /// be understood before it is dead-lettered `malformed_response` (`1 + retries` malformed
+    /// answers, counted per process; deliveries for other reasons do not count).
     pub malformed_retries: i64,
     /// `ENRICH_AUTH_RETRY_DELAY` (default `60s`): after a 401/403, raw events are handed back
     /// with this delay and pulling pauses as long.

@@ -107,6 +107,7 @@ pub async fn start(
         consumer,
         api,
         readiness: readiness.clone(),
+        malformed: Default::default(),
     };
     let task = tokio::spawn(worker::run(worker, shutdown));
     Ok(Running {

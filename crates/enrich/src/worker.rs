@@ -37,6 +37,39 @@ pub(crate) struct Worker {
     pub(crate) consumer: PullConsumer,
     pub(crate) api: GongApi,
     pub(crate) readiness: Readiness,
+    pub(crate) malformed: std::sync::Mutex<MalformedAnswers>,
+}
+
+/// How many malformed Gong answers each raw event (by `GONG_RAW` sequence) got in this process.
+///
+/// JetStream's `delivered` counts every delivery: quota waits, Gong outages, auth pauses and
+/// failed publishes too, so after a long Gong outage a first malformed answer would have been
+/// dead-lettered at once. The count here is of malformed answers only. It is per process (a
+/// restart or another replica starts again at 0), which only ever allows more attempts, never
+/// fewer; an entry goes when its event settles, and the map is bounded.
+#[derive(Debug, Default)]
+pub(crate) struct MalformedAnswers {
+    counts: std::collections::HashMap<u64, i64>,
+}
+
+impl MalformedAnswers {
+    /// Most events tracked at once; beyond it the counts restart (more retries, never fewer).
+    const CAPACITY: usize = 10_000;
+
+    /// Records one more malformed answer for `stream_seq`; returns how many it has had.
+    fn record(&mut self, stream_seq: u64) -> i64 {
+        if self.counts.len() >= Self::CAPACITY && !self.counts.contains_key(&stream_seq) {
+            self.counts.clear();
+        }
+        let count = self.counts.entry(stream_seq).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    /// Forgets `stream_seq` (its event settled).
+    fn forget(&mut self, stream_seq: u64) {
+        self.counts.remove(&stream_seq);
+    }
 }
 
 /// Creates or updates the durable consumer `enrich` on `gong.raw.call` with the configured
@@ -298,8 +331,9 @@ enum Decision {
     Settle(Outcome, &'static str),
 }
 
-/// Maps a verdict to a decision (the only place where outcomes are chosen).
-fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict) -> Decision {
+/// Maps a verdict to a decision (the only place where outcomes are chosen). `malformed` is how
+/// many malformed answers the event has had, this one included ([`MalformedAnswers`]).
+fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict, malformed: i64) -> Decision {
     match verdict {
         Verdict::Enriched {
             call,
@@ -326,7 +360,7 @@ fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict) -> Decision
             "call_not_found",
         ),
         Verdict::Malformed { detail } => {
-            if event.delivered > config.malformed_retries {
+            if malformed > config.malformed_retries {
                 Decision::Settle(
                     Outcome::Poison {
                         reason: "malformed_response".to_string(),
@@ -335,11 +369,11 @@ fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict) -> Decision
                     "malformed_response",
                 )
             } else {
-                tracing::warn!(stream_seq = event.stream_seq, delivered = event.delivered, detail = %detail, "gong answer malformed; will retry");
+                tracing::warn!(stream_seq = event.stream_seq, malformed_answers = malformed, delivered = event.delivered, detail = %detail, "gong answer malformed; will retry");
                 Decision::Settle(
                     Outcome::Retry {
                         after: backoff(
-                            event.delivered.max(1) as u32 - 1,
+                            malformed.max(1) as u32 - 1,
                             config.gong.retry_backoff_base,
                             config.gong.retry_backoff_max,
                         ),
@@ -391,7 +425,15 @@ async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> Batc
         if let Verdict::AuthFault { detail } = &verdict {
             auth_detail = Some(detail.clone());
         }
-        match decide(&worker.config, event, verdict) {
+        let malformed = match &verdict {
+            Verdict::Malformed { .. } => worker
+                .malformed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(event.stream_seq),
+            _ => 0,
+        };
+        match decide(&worker.config, event, verdict, malformed) {
             Decision::Publish(enriched) => {
                 match pipeline::publish_enriched(&worker.jetstream, &enriched).await {
                     Ok(ack) => publishes.push((index, ack)),
@@ -443,6 +485,13 @@ async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> Batc
             Outcome::Retry { .. } => handed_back += 1,
             Outcome::Poison { .. } => dead_lettered += 1,
         }
+        if !matches!(outcome, Outcome::Retry { .. }) {
+            worker
+                .malformed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .forget(events[index].stream_seq);
+        }
         if let Err(err) = settle(&worker.jetstream, Stage::Enrich, &messages[index], outcome).await
         {
             tracing::warn!(stream_seq = events[index].stream_seq, error = %err, "cannot settle raw event; it will be redelivered");
@@ -492,5 +541,36 @@ async fn refresh_pending(jetstream: jetstream::Context, every: Duration) {
             Ok(info) => metrics::consumer_pending(info.num_pending, info.num_ack_pending),
             Err(err) => tracing::debug!(error = %err, "cannot read consumer info"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MalformedAnswers;
+
+    #[test]
+    fn malformed_answers_are_counted_per_event_and_forgotten_when_settled() {
+        let mut answers = MalformedAnswers::default();
+        assert_eq!(answers.record(7), 1);
+        assert_eq!(answers.record(7), 2);
+        assert_eq!(answers.record(8), 1);
+        answers.forget(7);
+        assert_eq!(answers.record(7), 1);
+    }
+
+    #[test]
+    fn a_full_map_starts_again_rather_than_grow() {
+        let mut answers = MalformedAnswers::default();
+        for seq in 0..MalformedAnswers::CAPACITY as u64 {
+            answers.record(seq);
+        }
+        assert_eq!(answers.record(0), 2, "a known event keeps its count");
+        assert_eq!(answers.record(u64::MAX), 1);
+        assert!(answers.counts.len() <= MalformedAnswers::CAPACITY);
+        assert_eq!(
+            answers.record(0),
+            1,
+            "counts restarted: more retries, never fewer"
+        );
     }
 }

@@ -72,6 +72,25 @@ async fn truncated_answers_are_retried_and_persistent_ones_dead_lettered() {
 }
 
 #[tokio::test]
+async fn deliveries_lost_to_an_outage_do_not_count_as_malformed_answers() {
+    let harness = Harness::start(50, 100_000).await;
+    // With no retry inside a delivery, six deliveries end in a Gong outage, the seventh gets a
+    // truncated answer, the eighth a good one: delivered reaches 7 at the first malformed
+    // answer, more than ENRICH_MALFORMED_RETRIES (3), but it is the first malformed answer.
+    harness.gong.set_fault(Fault::ServerError, 6);
+    harness.gong.set_fault(Fault::TruncatedBody, 1);
+    let mut env = harness.env(50);
+    env.set("ENRICH_REQUEST_RETRIES", "0");
+    let ids = harness.publish_calls(4_100_000_000, 1).await;
+    let _enricher = harness.enricher(harness.config(&env)).await;
+    harness.wait_enriched(1).await;
+    harness.wait_consumer_drained().await;
+    assert_eq!(harness.gong.pending_faults(), 0);
+    assert_eq!(harness.count(names::STREAM_DLQ).await, 0);
+    assert_eq!(by_call_id(&harness.enriched().await).len(), ids.len());
+}
+
+#[tokio::test]
 async fn deleted_calls_and_unparseable_bodies_are_dead_lettered_with_their_reason() {
     let harness = Harness::start(50, 100_000).await;
     harness.gong.delete_call("3000000000002");

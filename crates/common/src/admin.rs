@@ -176,6 +176,17 @@ pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes
     response
 }
 
+/// The admin server could not bind its address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind admin server on {addr}: {source}")]
+pub struct BindError {
+    /// `ADMIN_ADDR`.
+    pub addr: SocketAddr,
+    /// Cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// What every stage does first: install the Prometheus recorder, create the readiness for
 /// `streams`, and serve the admin endpoints on `common.admin_addr` until `shutdown`.
 /// Returns the readiness (not ready until the stage says so) and the bound address.
@@ -183,7 +194,7 @@ pub async fn start(
     common: &crate::CommonConfig,
     streams: Vec<&'static str>,
     shutdown: CancellationToken,
-) -> std::io::Result<(Readiness, SocketAddr)> {
+) -> Result<(Readiness, SocketAddr), BindError> {
     let metrics_handle = crate::telemetry::install_metrics();
     let readiness = Readiness::new(streams);
     let addr = serve(
@@ -192,6 +203,30 @@ pub async fn start(
         metrics_handle,
         shutdown,
     )
-    .await?;
+    .await
+    .map_err(|source| BindError {
+        addr: common.admin_addr,
+        source,
+    })?;
     Ok((readiness, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_admin_address_is_a_bind_error_naming_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let env = crate::Env::from_pairs([("ADMIN_ADDR", addr.to_string())]);
+        let common = crate::CommonConfig::from_env(&env).unwrap();
+        let err = start(&common, vec![], CancellationToken::new())
+            .await
+            .err()
+            .expect("the address is taken");
+        assert_eq!(err.addr, addr);
+        assert_eq!(err.source.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
 }

@@ -4,7 +4,6 @@
 //! Gong's API, classified so the stage loop can decide the outcome of the events it holds;
 //! [`QuotaError`] is the shared budget saying "not now".
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A failure that stops gong-enrich or a replay run.
@@ -14,14 +13,8 @@ pub enum EnrichError {
     #[error("the stage task ended abnormally: {0}")]
     Task(#[source] tokio::task::JoinError),
     /// The admin server could not bind.
-    #[error("cannot bind admin server on {addr}: {source}")]
-    BindAdmin {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    BindAdmin(#[from] gong_common::admin::BindError),
     /// NATS could not be reached.
     #[error(transparent)]
     Connect(#[from] gong_common::nats::ConnectError),

@@ -69,11 +69,7 @@ pub async fn start(
         vec![names::STREAM_RAW, names::STREAM_ENRICHED, names::STREAM_DLQ],
         shutdown.clone(),
     )
-    .await
-    .map_err(|source| EnrichError::BindAdmin {
-        addr: config.common.admin_addr,
-        source,
-    })?;
+    .await?;
     metrics::register();
     // The linger before the first quota read; the loop updates it before every pull.
     metrics::batch_linger(config.batch_linger);

@@ -9,14 +9,8 @@ pub enum IngestError {
     #[error("the stage task ended abnormally: {0}")]
     Task(#[source] tokio::task::JoinError),
     /// The admin server could not bind.
-    #[error("cannot bind admin server on {addr}: {source}")]
-    BindAdmin {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    BindAdmin(#[from] gong_common::admin::BindError),
     /// The webhook listener could not bind.
     #[error("cannot bind webhook listener on {addr}: {source}")]
     BindListener {

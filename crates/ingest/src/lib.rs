@@ -59,11 +59,7 @@ pub async fn start(
         ],
         shutdown.clone(),
     )
-    .await
-    .map_err(|source| IngestError::BindAdmin {
-        addr: config.common.admin_addr,
-        source,
-    })?;
+    .await?;
     metrics::register();
 
     let client = gong_common::nats::connect(&config.common, "gong-ingest").await?;

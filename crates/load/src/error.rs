@@ -1,7 +1,5 @@
 //! gong-load's errors, named after the step that failed.
 
-use std::net::SocketAddr;
-
 use crate::parquet_writer::EncodeError;
 use crate::ranges::RangeError;
 use crate::stage::StageError;
@@ -13,14 +11,8 @@ pub enum LoadError {
     #[error("the stage task ended abnormally: {0}")]
     Task(#[source] tokio::task::JoinError),
     /// The admin server could not bind.
-    #[error("cannot bind admin server on {addr}: {source}")]
-    BindAdmin {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    BindAdmin(#[from] gong_common::admin::BindError),
     /// NATS could not be reached.
     #[error(transparent)]
     Connect(#[from] gong_common::nats::ConnectError),

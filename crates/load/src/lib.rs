@@ -74,11 +74,7 @@ pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Ru
         vec![names::STREAM_ENRICHED, names::STREAM_DLQ],
         shutdown.clone(),
     )
-    .await
-    .map_err(|source| LoadError::BindAdmin {
-        addr: config.common.admin_addr,
-        source,
-    })?;
+    .await?;
     metrics::register();
     let ctx = connect(config).await?;
     readiness.set_jetstream(ctx.jetstream.clone());

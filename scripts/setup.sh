@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what gong-pipeline needs on a fresh Debian/Ubuntu machine: nats-server (Debian
-# package) and, with --test, the Python helpers the test suite starts (moto's S3 server,
+# Installs what gong-pipeline needs on a fresh Debian/Ubuntu machine: nats-server and curl (Debian
+# packages) and, with --test, the Python helpers the test suite starts (moto's S3 server,
 # kubernetes-validate) and the acceptance benchmark's tools (wrk, FastAPI, uvicorn). Safe to run
 # again: it only installs what is missing.
 set -euo pipefail
@@ -11,7 +11,7 @@ for arg in "$@"; do
     --test) want_test_tools=1 ;;
     -h|--help)
       echo "usage: scripts/setup.sh [--test]"
-      echo "  installs nats-server (apt) when missing; --test also installs the test helpers from PyPI:"
+      echo "  installs nats-server and curl (apt) when missing; --test also installs the test helpers from PyPI:"
       echo "  moto[server], kubernetes-validate, PyJWT, cryptography, nats-py, pyarrow, duckdb,"
       echo "  fastapi, uvicorn[standard]; and wrk (apt) for benches/acceptance/run.sh"
       exit 0 ;;
@@ -46,8 +46,17 @@ if ! have_nats; then
     exit 1
   fi
 fi
-if ! command -v curl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null || true
+if ! command -v curl >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing curl from Debian packages"
+    as_root apt-get update -qq || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null || true
+  fi
+  if ! command -v curl >/dev/null 2>&1; then
+    echo "setup: curl is missing and could not be installed (scripts/run-local.sh and the" >&2
+    echo "       benchmarks need it). Install it yourself (apt-get install curl) and run again." >&2
+    exit 1
+  fi
 fi
 # Debian installs it under /usr/sbin, which is not always on a user's PATH.
 if ! command -v nats-server >/dev/null 2>&1 && [ -x /usr/sbin/nats-server ]; then

@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
     --dir) DIR="$2"; shift ;;
     --keep) KEEP=1 ;;
     -h|--help)
-      echo "usage: scripts/run-local.sh [--once] [--count N] [--dir DIR]"
+      echo "usage: scripts/run-local.sh [--once] [--count N] [--dir DIR] [--keep]"
       echo "  --once     exit after the summary (default: keep running until Ctrl-C)"
       echo "  --count N  webhooks to send (default 300)"
       echo "  --dir DIR  where NATS data, logs and the stage go (default .local)"
@@ -33,6 +33,8 @@ done
 
 scripts/setup.sh
 export PATH="$PATH:/usr/sbin"
+# Like the testkit and setup.sh: NATS_SERVER_BIN first, then PATH, then Debian's location.
+NATS=${NATS_SERVER_BIN:-$(command -v nats-server || echo /usr/sbin/nats-server)}
 
 echo "==> building (debug profile)"
 cargo build --quiet --bins -p gong-ingest -p gong-enrich -p gong-load -p gong-testkit
@@ -95,7 +97,7 @@ ACCESS_KEY=local-demo-key
 ACCESS_SECRET=local-demo-secret
 
 echo "==> starting"
-start nats-server nats-server -c "$DIR/nats.conf"
+start nats-server "$NATS" -c "$DIR/nats.conf"
 start gong-sim "$BIN/gong-sim" serve --addr "127.0.0.1:$SIM_PORT" \
   --access-key "$ACCESS_KEY" --access-key-secret "$ACCESS_SECRET"
 start gong-ingest env INGEST_ADDR="127.0.0.1:$INGEST_PORT" ADMIN_ADDR="127.0.0.1:$ADMIN_INGEST" \

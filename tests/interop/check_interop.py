@@ -125,7 +125,7 @@ def ready(port):
 
 
 def run(work, procs):
-    nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    nats_bin = os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server") or "/usr/sbin/nats-server"
     nats_port, sim_port, ingest_port = free_port(), free_port(), free_port()
     admin = {name: free_port() for name in ("ingest", "enrich", "load")}
     stage = os.path.join(work, "stage")

@@ -80,7 +80,7 @@ WORK=$(cd "$WORK_DIR" && pwd)
 say() { echo "acceptance: $*" >&2; }
 calc() { awk "BEGIN {printf \"$1\", ($2)}"; } # format expression: calc %.2f "3 / 2"
 
-# --- what is missing: nats-server and curl (scripts/setup.sh), wrk (apt), Python packages (PyPI)
+# --- what is missing: nats-server and curl (scripts/setup.sh), wrk and procps (apt), Python (PyPI)
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
   elif command -v sudo >/dev/null 2>&1; then sudo "$@"
@@ -93,6 +93,16 @@ if ! command -v wrk >/dev/null 2>&1; then
   say "installing wrk from Debian packages"
   as_root apt-get update -qq || true
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+# ps finds the FastAPI workers (tree_pids); without it their CPU and RSS would silently not count.
+if ! command -v ps >/dev/null 2>&1; then
+  say "installing procps (ps) from Debian packages"
+  as_root apt-get update -qq || true
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps >/dev/null || true
+  if ! command -v ps >/dev/null 2>&1; then
+    say "ps is missing and could not be installed; install procps (apt-get install procps)"
+    exit 1
+  fi
 fi
 PY=python3
 if ! "$PY" -c 'import fastapi, uvicorn, uvloop, httptools, jwt, cryptography, nats' >/dev/null 2>&1; then

@@ -74,7 +74,11 @@ overlays=()
 for dir in "$repo"/deploy/k8s/overlays/*/; do
     overlays+=("$(basename "$dir")")
 done
-[[ ${#overlays[@]} -ge 2 ]] && pass "overlays found: ${overlays[*]}" || fail "overlays dev and prod exist"
+if [[ ${#overlays[@]} -ge 2 ]]; then
+    pass "overlays found: ${overlays[*]}"
+else
+    fail "overlays dev and prod exist"
+fi
 
 check "base renders with kubectl kustomize" kubectl kustomize "$repo/deploy/k8s/base" -o "$work/base.yaml"
 check "monitoring renders with kubectl kustomize" kubectl kustomize "$repo/deploy/monitoring" -o "$work/monitoring.yaml"
@@ -158,6 +162,7 @@ for stage in enrich load; do
         sed 's/^/    /' "$work/replay-$stage.err"
     fi
 done
+# shellcheck disable=SC2016 # the $(id) is meant literally: replay.sh must refuse it
 if PATH="$work/fakebin:$PATH" DRY_RUN=1 "$repo/deploy/k8s/jobs/replay.sh" enrich '--since=$(id)' >/dev/null 2>&1; then
     fail "replay.sh refuses arguments with shell or YAML metacharacters"
 else

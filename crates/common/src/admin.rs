@@ -165,9 +165,13 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     response
 }
 
-/// A JSON response; shared by the stages for their `{error, reason}` bodies.
-pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+/// A JSON response; shared by the stages for their `{error, reason}` bodies and ingest's 202
+/// (a typed body is serialised straight to bytes, with no `serde_json::Value` built first).
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    // Serialising plain strings, numbers and maps cannot fail.
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).unwrap_or_default(),
+    )));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -41,6 +41,20 @@ pub struct DeadLetterError {
     pub source: async_nats::Error,
 }
 
+/// Longest `Gong-DLQ-Detail`, in characters.
+pub const MAX_DETAIL_CHARS: usize = 500;
+
+/// A dead letter's detail as it may be stored in a header: control characters dropped (a
+/// header value cannot carry a line break), at most [`MAX_DETAIL_CHARS`] characters, cut on a
+/// character boundary (never inside a multi-byte one).
+pub fn clip_detail(detail: &str) -> String {
+    detail
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_DETAIL_CHARS)
+        .collect()
+}
+
 /// Publishes `letter` to `gong.dlq.<stage>` and waits for JetStream's ack.
 pub async fn publish(
     jetstream: &jetstream::Context,
@@ -59,12 +73,7 @@ pub async fn publish(
         }
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let detail: String = letter
-        .detail
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(500)
-        .collect();
+    let detail = clip_detail(letter.detail);
     message_headers.insert(headers::DLQ_STAGE, letter.stage.as_str());
     message_headers.insert(headers::DLQ_REASON, letter.reason);
     message_headers.insert(headers::DLQ_DETAIL, detail.as_str());

@@ -10,6 +10,17 @@ use serde_json::{Map, Value};
 /// Unknown fields, kept verbatim.
 pub type Extra = Map<String, Value>;
 
+/// Longest call id Gong issues: ids are numeric strings of up to 20 digits (a `u64`).
+pub const MAX_CALL_ID_DIGITS: usize = 20;
+
+/// Whether `text` is a Gong call id: 1 to [`MAX_CALL_ID_DIGITS`] ASCII digits. The one rule
+/// ingest routes on and enrich checks again, so an id ingest stores is one enrich accepts.
+pub fn is_call_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_CALL_ID_DIGITS
+        && text.bytes().all(|byte| byte.is_ascii_digit())
+}
+
 /// Accepts a JSON string or number and keeps it as a string (ids must never become floats).
 pub fn string_or_number<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
 where

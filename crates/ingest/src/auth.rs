@@ -240,7 +240,7 @@ impl Verifier {
     /// Verifies Gong's JWT for `body`.
     pub fn verify_jwt(&self, authorization: &[u8], body: &[u8]) -> Result<(), AuthError> {
         let jwt = self.precheck_jwt(authorization)?;
-        self.verify_prechecked(&jwt, &hex::encode(Sha256::digest(body)))
+        self.verify_prechecked(&jwt, &gong_common::event::content_id(body))
     }
 
     /// Verifies a prechecked token's signature and claims for a body whose lowercase hex

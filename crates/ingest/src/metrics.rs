@@ -44,7 +44,38 @@ const AUTH_ERRORS: [AuthError; 12] = [
 /// contract (tests/deploy/expected_metrics.txt): dashboards show 0 instead of "no data" and
 /// `increase()` in alerts sees the first failure. Called once from [`crate::start`].
 pub fn register() {
-    let handles = HOT.get_or_init(|| Hot {
+    for (_, counter) in &hot().requests {
+        counter.increment(0);
+    }
+    for error in AUTH_ERRORS {
+        metrics::counter!("gong_ingest_auth_failures_total", "reason" => error.label())
+            .increment(0);
+    }
+    for kind in PUBLISH_FAILURE_KINDS {
+        metrics::counter!("gong_ingest_publish_failures_total", "kind" => *kind).increment(0);
+    }
+    // The histogram handles registered their series; they render with zero counts until a
+    // sample.
+    in_flight(0);
+    connections(0);
+}
+
+/// Handles of the metrics every request or connection touches, made once: a
+/// `metrics::counter!` with labels builds and hashes its key and looks it up in the registry on
+/// every call, which showed in the ingest profile. Made on first use, which is [`register`]
+/// in [`crate::start`], after the recorder is installed.
+struct Hot {
+    requests: Vec<(&'static str, Counter)>,
+    request_duration: Histogram,
+    publish_duration: Histogram,
+    body_bytes: Histogram,
+    in_flight: Gauge,
+    connections: Gauge,
+}
+
+fn hot() -> &'static Hot {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    HOT.get_or_init(|| Hot {
         requests: REQUEST_OUTCOMES
             .iter()
             .map(|outcome| {
@@ -57,49 +88,19 @@ pub fn register() {
         publish_duration: metrics::histogram!("gong_ingest_publish_duration_seconds"),
         body_bytes: metrics::histogram!("gong_ingest_body_bytes"),
         in_flight: metrics::gauge!("gong_ingest_requests_in_flight"),
-    });
-    for (_, counter) in &handles.requests {
-        counter.increment(0);
-    }
-    for error in AUTH_ERRORS {
-        metrics::counter!("gong_ingest_auth_failures_total", "reason" => error.label())
-            .increment(0);
-    }
-    for kind in PUBLISH_FAILURE_KINDS {
-        metrics::counter!("gong_ingest_publish_failures_total", "kind" => *kind).increment(0);
-    }
-    // The histogram handles above registered their series; they render with zero counts until
-    // a sample.
-    in_flight(0);
-    connections(0);
+        connections: metrics::gauge!("gong_ingest_connections_open"),
+    })
 }
-
-/// Handles of the metrics every request touches, made once by [`register`] (after the
-/// recorder is installed): a `metrics::counter!` with labels builds and hashes its key and
-/// looks it up in the registry on every call, which showed in the ingest profile.
-struct Hot {
-    requests: Vec<(&'static str, Counter)>,
-    request_duration: Histogram,
-    publish_duration: Histogram,
-    body_bytes: Histogram,
-    in_flight: Gauge,
-}
-
-static HOT: OnceLock<Hot> = OnceLock::new();
 
 /// `gong_ingest_requests_total{outcome}`: every answered request.
 pub fn request(outcome: &'static str, elapsed: Duration) {
-    let seconds = elapsed.as_secs_f64();
-    let Some(hot) = HOT.get() else {
-        metrics::counter!("gong_ingest_requests_total", "outcome" => outcome).increment(1);
-        metrics::histogram!("gong_ingest_request_duration_seconds").record(seconds);
-        return;
-    };
+    let hot = hot();
     match hot.requests.iter().find(|(known, _)| *known == outcome) {
         Some((_, counter)) => counter.increment(1),
+        // A rare outcome (`not_found`, `bad_request`...): appears when it first happens.
         None => metrics::counter!("gong_ingest_requests_total", "outcome" => outcome).increment(1),
     }
-    hot.request_duration.record(seconds);
+    hot.request_duration.record(elapsed.as_secs_f64());
 }
 
 /// `gong_ingest_auth_failures_total{reason}`.
@@ -109,11 +110,7 @@ pub fn auth_failure(reason: &'static str) {
 
 /// `gong_ingest_publish_duration_seconds`: publish until JetStream's ack.
 pub fn publish(elapsed: Duration) {
-    match HOT.get() {
-        Some(hot) => hot.publish_duration.record(elapsed.as_secs_f64()),
-        None => metrics::histogram!("gong_ingest_publish_duration_seconds")
-            .record(elapsed.as_secs_f64()),
-    }
+    hot().publish_duration.record(elapsed.as_secs_f64());
 }
 
 /// `gong_ingest_publish_failures_total{kind}`: publishes that ended in a 503.
@@ -123,21 +120,15 @@ pub fn publish_failure(kind: &'static str) {
 
 /// `gong_ingest_body_bytes`: size of accepted bodies.
 pub fn body_bytes(len: usize) {
-    match HOT.get() {
-        Some(hot) => hot.body_bytes.record(len as f64),
-        None => metrics::histogram!("gong_ingest_body_bytes").record(len as f64),
-    }
+    hot().body_bytes.record(len as f64);
 }
 
 /// `gong_ingest_requests_in_flight`.
 pub fn in_flight(count: usize) {
-    match HOT.get() {
-        Some(hot) => hot.in_flight.set(count as f64),
-        None => metrics::gauge!("gong_ingest_requests_in_flight").set(count as f64),
-    }
+    hot().in_flight.set(count as f64);
 }
 
 /// `gong_ingest_connections_open`.
 pub fn connections(count: usize) {
-    metrics::gauge!("gong_ingest_connections_open").set(count as f64);
+    hot().connections.set(count as f64);
 }

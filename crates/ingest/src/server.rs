@@ -107,7 +107,15 @@ impl Ingest {
         request: Request<Incoming>,
     ) -> Result<HttpResponse, Infallible> {
         let started = Instant::now();
-        let (outcome, response) = match self.handle_inner(request).await {
+        let answered = self.handle_inner(request).await;
+        // The request's permit is released by now, whichever way it ended (4xx after the body
+        // was read included), so the gauge cannot stay high.
+        metrics::in_flight(
+            self.config
+                .max_concurrent_requests
+                .saturating_sub(self.in_flight.available_permits()),
+        );
+        let (outcome, response) = match answered {
             Ok((outcome, response)) => (outcome, response),
             Err(reject) => {
                 let retry_after = (reject.status == StatusCode::SERVICE_UNAVAILABLE)
@@ -207,13 +215,7 @@ impl Ingest {
                 .map_err(Reject::unauthorized)?;
         }
 
-        let result = self.store(mode, body, event_id).await;
-        metrics::in_flight(
-            self.config
-                .max_concurrent_requests
-                .saturating_sub(self.in_flight.available_permits() + 1),
-        );
-        result
+        self.store(mode, body, event_id).await
     }
 
     async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, Reject> {
@@ -319,7 +321,10 @@ impl Ingest {
             dead_lettered: dead_lettered.then_some(true),
             stream: dead_lettered.then_some(names::STREAM_DLQ),
         };
-        Ok((outcome, accepted_response(&answer)))
+        Ok((
+            outcome,
+            gong_common::admin::json(StatusCode::ACCEPTED, &answer),
+        ))
     }
 
     async fn publish(
@@ -413,9 +418,7 @@ pub struct Classified {
 /// (the reason is safe to store and show). Public for the fuzz targets.
 pub fn classify(body: &[u8]) -> Result<Classified, String> {
     let probe: Probe = serde_json::from_slice(body).map_err(|err| {
-        let mut reason = format!("body is not a JSON webhook: {err}");
-        reason.truncate(200);
-        reason
+        gong_common::dlq::clip_detail(&format!("body is not a JSON webhook: {err}"))
     })?;
     let id = probe
         .call_data
@@ -423,7 +426,7 @@ pub fn classify(body: &[u8]) -> Result<Classified, String> {
         .and_then(|meta| meta.id)
         .ok_or_else(|| "callData.metaData.id is missing".to_string())?;
     let call_id = match id {
-        serde_json::Value::String(text) if is_call_id(&text) => text,
+        serde_json::Value::String(text) if gong_common::gong::is_call_id(&text) => text,
         serde_json::Value::Number(number) if number.is_u64() => number.to_string(),
         _ => return Err("callData.metaData.id is not a numeric call id".to_string()),
     };
@@ -433,12 +436,7 @@ pub fn classify(body: &[u8]) -> Result<Classified, String> {
     })
 }
 
-fn is_call_id(text: &str) -> bool {
-    !text.is_empty() && text.len() <= 32 && text.bytes().all(|byte| byte.is_ascii_digit())
-}
-
-/// The 202 body. A typed struct, serialised straight to bytes: no `serde_json::Value` map to
-/// build on every accepted webhook.
+/// The 202 body: a typed struct, so no `serde_json::Value` map is built per accepted webhook.
 #[derive(serde::Serialize)]
 struct Accepted<'a> {
     event_id: &'a str,
@@ -448,18 +446,6 @@ struct Accepted<'a> {
     dead_lettered: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<&'static str>,
-}
-
-fn accepted_response(answer: &Accepted<'_>) -> HttpResponse {
-    // Serialising plain strings, integers and booleans cannot fail.
-    let body = serde_json::to_vec(answer).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::ACCEPTED;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 fn reject_response(reject: &Reject, retry_after: Option<u64>) -> HttpResponse {
@@ -500,5 +486,24 @@ mod tests {
         assert!(classify(&[0xff, 0xfe]).is_err());
         let deep = "[".repeat(10_000);
         assert!(classify(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn classify_cuts_long_non_ascii_reasons_on_a_character_boundary() {
+        // serde quotes the bad value in its message: multi-byte characters reach the cut.
+        for pad in 0..4 {
+            let body = format!(r#"{{"isTest":"{}{}"}}"#, "x".repeat(pad), "é".repeat(400));
+            let reason = classify(body.as_bytes()).unwrap_err();
+            assert!(reason.starts_with("body is not a JSON webhook"), "{reason}");
+            assert!(reason.chars().count() <= gong_common::dlq::MAX_DETAIL_CHARS);
+        }
+    }
+
+    #[test]
+    fn call_ids_are_what_enrich_accepts() {
+        let id = |id: &str| format!(r#"{{"callData":{{"metaData":{{"id":"{id}"}}}}}}"#);
+        assert!(classify(id(&"9".repeat(20)).as_bytes()).is_ok());
+        assert!(classify(id(&"9".repeat(21)).as_bytes()).is_err());
+        assert!(classify(id("").as_bytes()).is_err());
     }
 }

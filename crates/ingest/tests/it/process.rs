@@ -42,6 +42,7 @@ async fn url_token_never_reaches_logs_and_sigterm_exits_cleanly() {
         .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
         .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("GONG_WEBHOOK_URL_TOKENS", URL_TOKEN)
+        .env("INGEST_MAX_BODY_BYTES", "4096")
         .env("RUST_LOG", "trace")
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())
@@ -77,6 +78,14 @@ async fn url_token_never_reaches_logs_and_sigterm_exits_cleanly() {
         .await
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
+    // Refused after taking an in-flight slot: the gauge must come back down.
+    let too_large = http
+        .post(format!("http://127.0.0.1:{port}/webhooks/gong/{URL_TOKEN}"))
+        .body(vec![b' '; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_large.status().as_u16(), 413);
     let metrics = http
         .get(format!("http://127.0.0.1:{admin_port}/metrics"))
         .send()
@@ -86,6 +95,10 @@ async fn url_token_never_reaches_logs_and_sigterm_exits_cleanly() {
         .await
         .unwrap();
     assert!(metrics.contains("gong_ingest_requests_total"));
+    assert!(
+        metrics.contains("\ngong_ingest_requests_in_flight 0\n"),
+        "in-flight gauge not back at 0:\n{metrics}"
+    );
     assert!(!metrics.contains(URL_TOKEN));
 
     let status = Command::new("kill")

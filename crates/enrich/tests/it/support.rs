@@ -204,32 +204,15 @@ impl Harness {
     }
 }
 
-/// A nats-server with the three streams. The free port it picked can be taken by another
-/// process on a busy machine before the server binds it; then a fresh server is started.
+/// A nats-server with the three streams (`NatsServer::start_new` already retries the free-port
+/// race on a busy machine).
 async fn nats_with_streams() -> (NatsServer, jetstream::Context) {
-    let mut last_error = String::new();
-    for _ in 0..5 {
-        let nats = NatsServer::start_new();
-        let connected =
-            tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats.url())).await;
-        let client = match connected {
-            Ok(Ok(client)) => client,
-            Ok(Err(err)) => {
-                last_error = err.to_string();
-                continue;
-            }
-            Err(_) => {
-                last_error = "connect timed out".to_string();
-                continue;
-            }
-        };
-        let jetstream = jetstream::new(client);
-        match ensure_streams(&jetstream, &StreamSettings::default(), &StreamKind::ALL).await {
-            Ok(()) => return (nats, jetstream),
-            Err(err) => last_error = err.to_string(),
-        }
-    }
-    panic!("no usable nats-server after 5 attempts: {last_error}");
+    let nats = NatsServer::start_new();
+    let jetstream = nats.jetstream().await;
+    ensure_streams(&jetstream, &StreamSettings::default(), &StreamKind::ALL)
+        .await
+        .expect("streams");
+    (nats, jetstream)
 }
 
 pub fn header<'a>(message: &'a StreamMessage, name: &str) -> Option<&'a str> {

@@ -93,9 +93,15 @@ async fn every_call_is_enriched_with_content_and_transcript() {
     let stats = harness.gong.stats();
     assert_eq!(stats.violations(), 0);
     assert_eq!(harness.count(names::STREAM_DLQ).await, 0);
-    // The private call is never asked for in a transcript request; the test call never at all.
+    // The private call is never asked for in a transcript request; the test call never at all:
+    // 20 call ids in extensive requests and 19 in transcript requests, each asked for once.
     assert!(stats.requests_to(EXTENSIVE_PATH) >= 1);
     assert!(stats.requests_to(TRANSCRIPT_PATH) >= 1);
+    assert_eq!(
+        stats.call_ids_per_request.iter().sum::<usize>(),
+        20 + 19,
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]

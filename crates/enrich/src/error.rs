@@ -180,9 +180,4 @@ impl GongError {
                 | GongError::Quota(QuotaError::Store(_))
         )
     }
-
-    /// A configuration fault an operator must fix (401/403).
-    pub fn is_auth(&self) -> bool {
-        matches!(self, GongError::Auth { .. })
-    }
 }

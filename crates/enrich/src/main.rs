@@ -41,6 +41,16 @@ struct StartArgs {
     since: Option<DateTime<Utc>>,
 }
 
+impl StartArgs {
+    /// Where the range starts (clap's group requires exactly one of the two options).
+    fn start(&self) -> ReplayStart {
+        match self.since {
+            Some(since) => ReplayStart::Time(since),
+            None => ReplayStart::Sequence(self.from_seq.unwrap_or(1)),
+        }
+    }
+}
+
 #[derive(Args)]
 struct ReplayArgs {
     #[command(flatten)]
@@ -73,11 +83,12 @@ fn main() {
         }
     };
     let env = Env::from_process();
-    let cli = match cli.command {
+    let replay = match cli.command {
         Some(Command::Dlq(args)) => std::process::exit(gong_common::cli::dlq_main(&env, args)),
-        command => Cli { command },
+        Some(Command::Replay(args)) => Some(args),
+        None => None,
     };
-    let dry_run = matches!(&cli.command, Some(Command::Replay(args)) if args.dry_run);
+    let dry_run = replay.as_ref().is_some_and(|args| args.dry_run);
     let loaded = if dry_run {
         EnrichConfig::from_env_without_credentials(&env)
     } else {
@@ -100,18 +111,11 @@ fn main() {
     };
     let outcome = runtime.block_on(async {
         let shutdown = gong_common::shutdown::token_from_signals();
-        match cli.command {
-            // Handled before the config is loaded.
-            None | Some(Command::Dlq(_)) => gong_enrich::run(config, shutdown).await,
-            Some(Command::Replay(args)) => {
-                let start = match (args.start.from_seq, args.start.since) {
-                    (Some(seq), _) => ReplayStart::Sequence(seq),
-                    (None, Some(since)) => ReplayStart::Time(since),
-                    // clap's group makes one of the two required.
-                    (None, None) => ReplayStart::Sequence(1),
-                };
+        match replay {
+            None => gong_enrich::run(config, shutdown).await,
+            Some(args) => {
                 let options = ReplayOptions {
-                    start,
+                    start: args.start.start(),
                     until: args.until,
                     call_id: args.call_id,
                     dry_run: args.dry_run,

@@ -39,16 +39,6 @@ pub enum Priority {
     Backfill,
 }
 
-impl Priority {
-    /// A label for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Live => "live",
-            Priority::Backfill => "backfill",
-        }
-    }
-}
-
 /// The value stored under [`QUOTA_KEY`] (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuotaState {
@@ -92,15 +82,11 @@ impl QuotaState {
 pub struct Grant {
     /// Unix milliseconds recorded for this request in the shared window.
     pub at_ms: i64,
-    /// Requests left today after this one.
-    pub remaining_today: u64,
 }
 
 /// What [`RateLimiter::check`] saw.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {
-    /// Requests left today for the asking priority.
-    pub remaining_today: u64,
     /// Requests spent today by the whole deployment (every priority; 0 on a new UTC day).
     pub spent_today: u64,
     /// Wall-clock Unix milliseconds the state was read at (the day `spent_today` belongs to).
@@ -130,11 +116,6 @@ impl RateLimiter {
         )
         .await?;
         Ok(RateLimiter { kv, config })
-    }
-
-    /// The settings in force.
-    pub fn config(&self) -> &QuotaConfig {
-        &self.config
     }
 
     /// Takes one request slot, waiting for the sliding window (and for a Gong-ordered pause up
@@ -186,10 +167,7 @@ impl RateLimiter {
             state.day_count += 1;
             if self.store(&state, revision).await? {
                 self.publish_gauges(&state);
-                return Ok(Grant {
-                    at_ms: now,
-                    remaining_today: self.config.daily_quota.saturating_sub(state.day_count),
-                });
+                return Ok(Grant { at_ms: now });
             }
             // Another replica took a slot first: read again.
             tokio::time::sleep(jitter(5)).await;
@@ -238,7 +216,6 @@ impl RateLimiter {
             });
         }
         Ok(Snapshot {
-            remaining_today: limit - state.day_count,
             spent_today: state.day_count,
             at_ms: now,
         })

@@ -18,7 +18,7 @@ use crate::support::pipeline::{
 };
 use crate::support::process::Kind;
 use crate::support::sender::{answer_counts, call_ids, Sender, Traffic};
-use crate::support::stage::{read_local, Verdict};
+use crate::support::stage::{assert_clean, read_local, Verdict};
 use crate::support::{first_call_id, report, scaled, seed};
 
 /// Files (complete or not) under `<stage>/calls/`, every day.
@@ -149,32 +149,13 @@ async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
         "ingest was never disturbed: every webhook is answered 2xx ({})",
         verdict.line()
     );
-    assert!(
-        verdict.exactly_once(),
-        "not exactly once: {}; duplicates {:?} {:?}; overlapping files {:?}\n{}",
-        verdict.line(),
-        verdict.duplicate_events.iter().take(5).collect::<Vec<_>>(),
-        verdict.duplicate_calls.iter().take(5).collect::<Vec<_>>(),
-        staged.overlapping_ranges(),
-        pipeline.explain()
-    );
+    assert_clean(&verdict, &staged, "chaos", &pipeline.explain());
     assert_eq!(verdict.staged_without_2xx, 0, "{}", verdict.line());
-    assert!(
-        staged.strays.is_empty() && staged.unreadable.is_empty(),
-        "partial or stray files on the stage: {:?} {:?}",
-        staged.strays,
-        staged.unreadable
-    );
     assert_eq!(
         staged.files_per_table.len(),
         6,
         "files of every table: {:?}",
         staged.files_per_table
-    );
-    assert!(
-        staged.incomplete_ranges().is_empty(),
-        "ranges half-written by a crash and never completed (table, ranges): {:?}",
-        staged.incomplete_ranges()
     );
     assert!(
         staged.overlapping_ranges().is_empty(),

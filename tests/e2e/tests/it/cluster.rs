@@ -14,7 +14,7 @@ use crate::support::pipeline::{
     both, poll, stream_messages, wait_drained, Options, Pipeline, StageTarget,
 };
 use crate::support::sender::{answer_counts, call_ids, Delivery, Sender, Traffic};
-use crate::support::stage::{read_local, Verdict};
+use crate::support::stage::{assert_clean, read_local, Verdict};
 use crate::support::{first_call_id, report, scaled};
 
 /// The index of the node leading `stream` (server names are `gong-node-<index>`).
@@ -131,19 +131,7 @@ async fn losing_a_node_of_a_three_node_cluster_loses_nothing() {
         "every webhook is answered 2xx in the end ({})",
         verdict.line()
     );
-    assert!(
-        verdict.exactly_once(),
-        "not exactly once: {}; first missing {:?}\n{}",
-        verdict.line(),
-        verdict.missing.iter().take(5).collect::<Vec<_>>(),
-        pipeline.explain()
-    );
-    assert!(staged.strays.is_empty() && staged.unreadable.is_empty());
-    assert!(
-        staged.incomplete_ranges().is_empty(),
-        "ranges not staged in every table: {:?}",
-        staged.incomplete_ranges()
-    );
+    assert_clean(&verdict, &staged, "cluster", &pipeline.explain());
     assert_eq!(dead_letters, 0);
     assert_eq!(pipeline.gong.stats().violations(), 0);
 }

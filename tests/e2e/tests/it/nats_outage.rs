@@ -11,7 +11,7 @@ use gong_testkit::NatsServer;
 use crate::support::pipeline::{both, poll, wait_drained, Options, Pipeline, StageTarget};
 use crate::support::process::Kind;
 use crate::support::sender::{answer_counts, call_ids, Sender, Traffic};
-use crate::support::stage::{read_local, Verdict};
+use crate::support::stage::{assert_clean, read_local, Verdict};
 use crate::support::{first_call_id, report, scaled};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,19 +139,7 @@ async fn ingest_answers_503_during_a_nats_outage_and_every_stage_recovers_alone(
         "a 503'd webhook retried after the outage is accepted ({})",
         verdict.line()
     );
-    assert!(
-        verdict.exactly_once(),
-        "not exactly once: {}; first missing {:?}\n{}",
-        verdict.line(),
-        verdict.missing.iter().take(5).collect::<Vec<_>>(),
-        pipeline.explain()
-    );
-    assert!(staged.strays.is_empty() && staged.unreadable.is_empty());
-    assert!(
-        staged.incomplete_ranges().is_empty(),
-        "ranges not staged in every table: {:?}",
-        staged.incomplete_ranges()
-    );
+    assert_clean(&verdict, &staged, "nats_outage", &pipeline.explain());
     for service in [
         &mut pipeline.ingest,
         &mut pipeline.enrich,

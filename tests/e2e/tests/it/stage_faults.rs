@@ -18,7 +18,7 @@ use crate::support::pipeline::{
 };
 use crate::support::proxy::Proxy;
 use crate::support::sender::{call_ids, Sender, Traffic};
-use crate::support::stage::{read_local, read_store, Staged, Verdict};
+use crate::support::stage::{assert_clean, read_local, read_store, Staged, Verdict};
 use crate::support::{first_call_id, report, scaled};
 
 /// Where the test reads the stage from (never through the fault).
@@ -210,26 +210,7 @@ async fn stage_outage_mid_load(options: Options, nats: &NatsServer, reader: Read
         }),
     );
     assert_eq!(verdict.accepted, webhooks, "{}", verdict.line());
-    assert!(
-        verdict.exactly_once(),
-        "{}: not exactly once: {}\n{}",
-        fault.name(),
-        verdict.line(),
-        pipeline.explain()
-    );
-    assert!(
-        staged.strays.is_empty() && staged.unreadable.is_empty(),
-        "{}: partial or stray objects on the stage: {:?} {:?}",
-        fault.name(),
-        staged.strays,
-        staged.unreadable
-    );
-    assert!(
-        staged.incomplete_ranges().is_empty(),
-        "{}: ranges not staged in every table: {:?}",
-        fault.name(),
-        staged.incomplete_ranges()
-    );
+    assert_clean(&verdict, &staged, fault.name(), &pipeline.explain());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

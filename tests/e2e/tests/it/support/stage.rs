@@ -291,3 +291,31 @@ impl Verdict {
         )
     }
 }
+
+/// The closing check every scenario shares: each 2xx'd event staged exactly once, no partial,
+/// stray or unreadable object on the stage, and every range staged in every table. Each failure
+/// message starts with `scenario` and ends with `explain` (the stages' log tails).
+pub fn assert_clean(verdict: &Verdict, staged: &Staged, scenario: &str, explain: &str) {
+    assert!(
+        verdict.exactly_once(),
+        "{scenario}: not exactly once: {}; first missing {:?}; duplicates {:?} {:?}; \
+         overlapping files {:?}\n{explain}",
+        verdict.line(),
+        verdict.missing.iter().take(5).collect::<Vec<_>>(),
+        verdict.duplicate_events.iter().take(5).collect::<Vec<_>>(),
+        verdict.duplicate_calls.iter().take(5).collect::<Vec<_>>(),
+        staged.overlapping_ranges()
+    );
+    assert!(
+        staged.strays.is_empty() && staged.unreadable.is_empty(),
+        "{scenario}: partial or stray objects on the stage: {:?} {:?}\n{explain}",
+        staged.strays,
+        staged.unreadable
+    );
+    assert!(
+        staged.incomplete_ranges().is_empty(),
+        "{scenario}: ranges not staged in every table, e.g. half-written by a crash and never \
+         completed (table, differing ranges): {:?}\n{explain}",
+        staged.incomplete_ranges()
+    );
+}

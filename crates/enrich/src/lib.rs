@@ -103,7 +103,6 @@ pub async fn start(
         consumer,
         api,
         readiness: readiness.clone(),
-        malformed: Default::default(),
     };
     let task = tokio::spawn(worker::run(worker, shutdown));
     Ok(Running {

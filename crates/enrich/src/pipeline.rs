@@ -1,7 +1,7 @@
 //! What live enrichment and replays share: reading a raw event, asking Gong about a batch of
 //! them, the per-event [`Verdict`], and publishing the enriched event.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -13,8 +13,9 @@ use gong_common::event::{content_id, EnrichedEvent, ENRICHED_SCHEMA_VERSION};
 use gong_common::gong::{Call, Monologue, Webhook};
 use gong_common::names::{self, headers};
 
+use crate::config::EnrichConfig;
 use crate::error::{GongError, QuotaError};
-use crate::gong_api::{BatchAnswer, CallRequest, GongApi};
+use crate::gong_api::{backoff, BatchAnswer, CallRequest, GongApi};
 use crate::rate_limit::Priority;
 
 /// A raw call event as read from `GONG_RAW`.
@@ -106,7 +107,7 @@ pub fn parse_call(body: &[u8]) -> Result<CallRequest, Invalid> {
             detail: "callData.metaData.id is missing".to_string(),
         });
     };
-    if call_id.is_empty() || call_id.len() > 20 || !call_id.bytes().all(|b| b.is_ascii_digit()) {
+    if !gong_common::gong::is_call_id(call_id) {
         return Err(Invalid {
             reason: "invalid_call_id",
             detail: "callData.metaData.id is not a numeric id of up to 20 digits".to_string(),
@@ -139,11 +140,9 @@ pub enum Verdict {
         /// What was wrong.
         detail: String,
     },
-    /// Gong failed after the in-process retries: hand back for later.
-    Transient {
-        /// What failed.
-        detail: String,
-    },
+    /// Gong failed after the in-process retries (each failure is logged there): hand back for
+    /// later.
+    Transient,
     /// 401/403: configuration fault.
     AuthFault {
         /// What failed.
@@ -179,11 +178,56 @@ impl Verdict {
             GongError::RateLimited { .. }
             | GongError::Server { .. }
             | GongError::Transport { .. }
-            | GongError::Quota(QuotaError::Store(_)) => Verdict::Transient {
-                detail: err.to_string(),
-            },
+            | GongError::Quota(QuotaError::Store(_)) => Verdict::Transient,
         }
     }
+}
+
+/// How many malformed Gong answers each raw event (by `GONG_RAW` sequence) has had.
+///
+/// Live enrichment keeps one per process: JetStream's `delivered` counts every delivery (quota
+/// waits, Gong outages, auth pauses and failed publishes too), so after a long Gong outage a
+/// first malformed answer would have been dead-lettered at once. A replay keeps one per batch:
+/// its retry rounds include quota waits and Gong outages too. Only malformed answers are
+/// counted here. Live, the count is per process (a restart or another replica starts again at
+/// 0), which only ever allows more attempts, never fewer; an entry goes when its event settles,
+/// and the map is bounded.
+#[derive(Debug, Default)]
+pub(crate) struct MalformedAnswers {
+    counts: HashMap<u64, i64>,
+}
+
+impl MalformedAnswers {
+    /// Most events tracked at once; beyond it the counts restart (more retries, never fewer).
+    const CAPACITY: usize = 10_000;
+
+    /// Records one more malformed answer for `stream_seq`; returns how many it has had.
+    pub(crate) fn record(&mut self, stream_seq: u64) -> i64 {
+        if self.counts.len() >= Self::CAPACITY && !self.counts.contains_key(&stream_seq) {
+            self.counts.clear();
+        }
+        let count = self.counts.entry(stream_seq).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    /// Forgets `stream_seq` (its event settled).
+    pub(crate) fn forget(&mut self, stream_seq: u64) {
+        self.counts.remove(&stream_seq);
+    }
+}
+
+/// The one rule for malformed answers, live and in replays: after `answers` malformed answers
+/// (this one included, from [`MalformedAnswers::record`]) retry after the returned backoff, or
+/// give up (`None`) once there have been more than `ENRICH_MALFORMED_RETRIES`.
+pub(crate) fn malformed_retry_after(config: &EnrichConfig, answers: i64) -> Option<Duration> {
+    (answers <= config.malformed_retries).then(|| {
+        backoff(
+            answers.max(1) as u32 - 1,
+            config.gong.retry_backoff_base,
+            config.gong.retry_backoff_max,
+        )
+    })
 }
 
 /// Asks Gong about every valid event of `events` in one batch and returns one verdict per
@@ -337,5 +381,46 @@ mod tests {
         assert_ne!(replayed.event_id, "abc");
         assert_eq!(replayed.raw_event_id, "abc");
         assert_eq!(replayed.replay_run_id.as_deref(), Some("run-1"));
+    }
+
+    #[test]
+    fn malformed_answers_are_counted_per_event_and_forgotten_when_settled() {
+        let mut answers = MalformedAnswers::default();
+        assert_eq!(answers.record(7), 1);
+        assert_eq!(answers.record(7), 2);
+        assert_eq!(answers.record(8), 1);
+        answers.forget(7);
+        assert_eq!(answers.record(7), 1);
+    }
+
+    #[test]
+    fn malformed_answers_are_retried_with_backoff_then_given_up() {
+        let env = gong_common::Env::from_pairs([
+            ("ENRICH_MALFORMED_RETRIES", "2"),
+            ("ENRICH_RETRY_BACKOFF_BASE", "100ms"),
+            ("ENRICH_RETRY_BACKOFF_MAX", "10s"),
+        ]);
+        let config = EnrichConfig::from_env_without_credentials(&env).unwrap();
+        let first = malformed_retry_after(&config, 1).expect("retried");
+        let second = malformed_retry_after(&config, 2).expect("retried");
+        assert!(first <= Duration::from_millis(200), "{first:?}");
+        assert!(second >= Duration::from_millis(100), "{second:?}");
+        assert_eq!(malformed_retry_after(&config, 3), None, "1 + 2 answers");
+    }
+
+    #[test]
+    fn a_full_map_starts_again_rather_than_grow() {
+        let mut answers = MalformedAnswers::default();
+        for seq in 0..MalformedAnswers::CAPACITY as u64 {
+            answers.record(seq);
+        }
+        assert_eq!(answers.record(0), 2, "a known event keeps its count");
+        assert_eq!(answers.record(u64::MAX), 1);
+        assert!(answers.counts.len() <= MalformedAnswers::CAPACITY);
+        assert_eq!(
+            answers.record(0),
+            1,
+            "counts restarted: more retries, never fewer"
+        );
     }
 }

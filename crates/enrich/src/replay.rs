@@ -24,7 +24,7 @@ use crate::config::EnrichConfig;
 use crate::error::EnrichError;
 use crate::gong_api::{backoff, GongApi};
 use crate::metrics;
-use crate::pipeline::{self, RawEvent, ReplayRun, Verdict};
+use crate::pipeline::{self, MalformedAnswers, RawEvent, ReplayRun, Verdict};
 use crate::rate_limit::{Priority, RateLimiter};
 
 /// Where the range starts.
@@ -39,10 +39,8 @@ pub enum ReplayStart {
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
-    /// A bar when stderr is a terminal, log lines otherwise.
+    /// A bar when stderr is a terminal, structured log lines every few seconds otherwise.
     Auto,
-    /// Structured log lines every few seconds.
-    Log,
     /// Nothing but the final summary log line.
     Quiet,
 }
@@ -238,8 +236,10 @@ async fn replay_batch(
     summary: &mut ReplaySummary,
     shutdown: &CancellationToken,
 ) -> Result<(), EnrichError> {
-    let mut attempt: u32 = 0;
-    let mut malformed_attempts: i64 = 0;
+    // Retry rounds of this batch (any reason): the backoff after a Gong failure grows with them.
+    let mut rounds: u32 = 0;
+    // Malformed answers per event: quota waits and Gong failures are not malformed answers.
+    let mut malformed = MalformedAnswers::default();
     let mut quota_warned = false;
     while !events.is_empty() {
         let verdicts = tokio::select! {
@@ -285,22 +285,22 @@ async fn replay_batch(
                     metrics::replay_event("call_not_found");
                 }
                 Verdict::Malformed { detail } => {
-                    if malformed_attempts >= config.malformed_retries {
-                        tracing::error!(stream_seq = event.stream_seq, detail = %detail, "gong answer malformed after retries; event skipped");
-                        summary.failed += 1;
-                        metrics::replay_event("malformed_response");
-                    } else {
-                        wait = wait.max(backoff(
-                            attempt,
-                            config.gong.retry_backoff_base,
-                            config.gong.retry_backoff_max,
-                        ));
-                        retry.push(event);
+                    let answers = malformed.record(event.stream_seq);
+                    match pipeline::malformed_retry_after(config, answers) {
+                        None => {
+                            tracing::error!(stream_seq = event.stream_seq, malformed_answers = answers, detail = %detail, "gong answer malformed after retries; event skipped");
+                            summary.failed += 1;
+                            metrics::replay_event("malformed_response");
+                        }
+                        Some(after) => {
+                            wait = wait.max(after);
+                            retry.push(event);
+                        }
                     }
                 }
-                Verdict::Transient { .. } => {
+                Verdict::Transient => {
                     wait = wait.max(backoff(
-                        attempt,
+                        rounds,
                         config.gong.retry_backoff_base,
                         config.gong.retry_backoff_max,
                     ));
@@ -333,8 +333,7 @@ async fn replay_batch(
             metrics::replay_event("enriched");
         }
         if !retry.is_empty() {
-            malformed_attempts += 1;
-            attempt += 1;
+            rounds += 1;
         }
         events = retry;
         if !events.is_empty() {
@@ -368,7 +367,7 @@ impl Progress {
                 }
                 (Some(bar), None)
             }
-            ProgressMode::Auto | ProgressMode::Log => (None, Some(Duration::from_secs(5))),
+            ProgressMode::Auto => (None, Some(Duration::from_secs(5))),
             ProgressMode::Quiet => (None, None),
         };
         Progress {

@@ -27,7 +27,7 @@ use crate::error::{EnrichError, QuotaError};
 use crate::gong_api::{backoff, GongApi};
 use crate::metrics;
 use crate::pacing::Pacing;
-use crate::pipeline::{self, RawEvent, Verdict};
+use crate::pipeline::{self, MalformedAnswers, RawEvent, Verdict};
 use crate::rate_limit::Priority;
 
 /// Everything the loop needs.
@@ -37,39 +37,6 @@ pub(crate) struct Worker {
     pub(crate) consumer: PullConsumer,
     pub(crate) api: GongApi,
     pub(crate) readiness: Readiness,
-    pub(crate) malformed: std::sync::Mutex<MalformedAnswers>,
-}
-
-/// How many malformed Gong answers each raw event (by `GONG_RAW` sequence) got in this process.
-///
-/// JetStream's `delivered` counts every delivery: quota waits, Gong outages, auth pauses and
-/// failed publishes too, so after a long Gong outage a first malformed answer would have been
-/// dead-lettered at once. The count here is of malformed answers only. It is per process (a
-/// restart or another replica starts again at 0), which only ever allows more attempts, never
-/// fewer; an entry goes when its event settles, and the map is bounded.
-#[derive(Debug, Default)]
-pub(crate) struct MalformedAnswers {
-    counts: std::collections::HashMap<u64, i64>,
-}
-
-impl MalformedAnswers {
-    /// Most events tracked at once; beyond it the counts restart (more retries, never fewer).
-    const CAPACITY: usize = 10_000;
-
-    /// Records one more malformed answer for `stream_seq`; returns how many it has had.
-    fn record(&mut self, stream_seq: u64) -> i64 {
-        if self.counts.len() >= Self::CAPACITY && !self.counts.contains_key(&stream_seq) {
-            self.counts.clear();
-        }
-        let count = self.counts.entry(stream_seq).or_insert(0);
-        *count += 1;
-        *count
-    }
-
-    /// Forgets `stream_seq` (its event settled).
-    fn forget(&mut self, stream_seq: u64) {
-        self.counts.remove(&stream_seq);
-    }
 }
 
 /// Creates or updates the durable consumer `enrich` on `gong.raw.call` with the configured
@@ -115,9 +82,11 @@ pub(crate) async fn ensure_consumer(
 /// Runs until `shutdown`: finishes the batch in hand (within the grace period), then returns.
 pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(), EnrichError> {
     let _pending = AbortOnDropHandle::new(tokio::spawn(refresh_pending(
-        worker.jetstream.clone(),
+        worker.consumer.clone(),
         worker.config.pending_refresh,
     )));
+    // Malformed answers per raw event; only this loop reads or writes them.
+    let mut malformed = MalformedAnswers::default();
     let mut quota_warned = false;
     let mut auth_pause_until: Option<Instant> = None;
     let pacing = Pacing::from_config(&worker.config);
@@ -215,7 +184,7 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
             tokio::time::sleep(grace).await;
         };
         let report = tokio::select! {
-            report = process_batch(&worker, &messages) => report,
+            report = process_batch(&worker, &mut malformed, &messages) => report,
             _ = deadline => {
                 tracing::warn!(held = messages.len(), "shutdown grace elapsed; handing the batch back");
                 hand_back(&messages).await;
@@ -359,30 +328,20 @@ fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict, malformed: 
             },
             "call_not_found",
         ),
-        Verdict::Malformed { detail } => {
-            if malformed > config.malformed_retries {
-                Decision::Settle(
-                    Outcome::Poison {
-                        reason: "malformed_response".to_string(),
-                        detail,
-                    },
-                    "malformed_response",
-                )
-            } else {
+        Verdict::Malformed { detail } => match pipeline::malformed_retry_after(config, malformed) {
+            None => Decision::Settle(
+                Outcome::Poison {
+                    reason: "malformed_response".to_string(),
+                    detail,
+                },
+                "malformed_response",
+            ),
+            Some(after) => {
                 tracing::warn!(stream_seq = event.stream_seq, malformed_answers = malformed, delivered = event.delivered, detail = %detail, "gong answer malformed; will retry");
-                Decision::Settle(
-                    Outcome::Retry {
-                        after: backoff(
-                            malformed.max(1) as u32 - 1,
-                            config.gong.retry_backoff_base,
-                            config.gong.retry_backoff_max,
-                        ),
-                    },
-                    "retry",
-                )
+                Decision::Settle(Outcome::Retry { after }, "retry")
             }
-        }
-        Verdict::Transient { .. } => Decision::Settle(
+        },
+        Verdict::Transient => Decision::Settle(
             Outcome::Retry {
                 after: backoff(
                     event.delivered.max(1) as u32,
@@ -407,7 +366,11 @@ fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict, malformed: 
     }
 }
 
-async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> BatchReport {
+async fn process_batch(
+    worker: &Worker,
+    malformed: &mut MalformedAnswers,
+    messages: &[jetstream::Message],
+) -> BatchReport {
     let events: Vec<RawEvent> = messages.iter().map(RawEvent::from_message).collect();
     let verdicts = with_progress(
         messages,
@@ -425,15 +388,11 @@ async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> Batc
         if let Verdict::AuthFault { detail } = &verdict {
             auth_detail = Some(detail.clone());
         }
-        let malformed = match &verdict {
-            Verdict::Malformed { .. } => worker
-                .malformed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .record(event.stream_seq),
+        let answers = match &verdict {
+            Verdict::Malformed { .. } => malformed.record(event.stream_seq),
             _ => 0,
         };
-        match decide(&worker.config, event, verdict, malformed) {
+        match decide(&worker.config, event, verdict, answers) {
             Decision::Publish(enriched) => {
                 match pipeline::publish_enriched(&worker.jetstream, &enriched).await {
                     Ok(ack) => publishes.push((index, ack)),
@@ -486,11 +445,7 @@ async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> Batc
             Outcome::Poison { .. } => dead_lettered += 1,
         }
         if !matches!(outcome, Outcome::Retry { .. }) {
-            worker
-                .malformed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .forget(events[index].stream_seq);
+            malformed.forget(events[index].stream_seq);
         }
         if let Err(err) = settle(&worker.jetstream, Stage::Enrich, &messages[index], outcome).await
         {
@@ -529,48 +484,15 @@ async fn process_batch(worker: &Worker, messages: &[jetstream::Message]) -> Batc
     report
 }
 
-/// Refreshes `gong_enrich_consumer_pending` from consumer info every `every`.
-async fn refresh_pending(jetstream: jetstream::Context, every: Duration) {
+/// Refreshes `gong_enrich_consumer_pending` from consumer info every `every` (one request a
+/// tick, on the consumer the loop holds).
+async fn refresh_pending(mut consumer: PullConsumer, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
-        let Ok(stream) = jetstream.get_stream(names::STREAM_RAW).await else {
-            continue;
-        };
-        match stream.consumer_info(names::CONSUMER_ENRICH).await {
+        match consumer.info().await {
             Ok(info) => metrics::consumer_pending(info.num_pending, info.num_ack_pending),
             Err(err) => tracing::debug!(error = %err, "cannot read consumer info"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::MalformedAnswers;
-
-    #[test]
-    fn malformed_answers_are_counted_per_event_and_forgotten_when_settled() {
-        let mut answers = MalformedAnswers::default();
-        assert_eq!(answers.record(7), 1);
-        assert_eq!(answers.record(7), 2);
-        assert_eq!(answers.record(8), 1);
-        answers.forget(7);
-        assert_eq!(answers.record(7), 1);
-    }
-
-    #[test]
-    fn a_full_map_starts_again_rather_than_grow() {
-        let mut answers = MalformedAnswers::default();
-        for seq in 0..MalformedAnswers::CAPACITY as u64 {
-            answers.record(seq);
-        }
-        assert_eq!(answers.record(0), 2, "a known event keeps its count");
-        assert_eq!(answers.record(u64::MAX), 1);
-        assert!(answers.counts.len() <= MalformedAnswers::CAPACITY);
-        assert_eq!(
-            answers.record(0),
-            1,
-            "counts restarted: more retries, never fewer"
-        );
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use gong_common::names::{self, headers};
 use gong_enrich::{ProgressMode, ReplayOptions, ReplayStart};
+use gong_testkit::gong_double::Fault;
 use gong_testkit::webhook::call_body;
 
 use crate::support::{header, Harness};
@@ -190,4 +191,34 @@ async fn replay_of_one_call_publishes_only_it() {
     assert_eq!(enriched.len(), 1);
     assert_eq!(enriched[0].1.call_id(), Some("1600000003"));
     assert_eq!(harness.gong.stats().call_requests(), 2);
+}
+
+#[tokio::test]
+async fn rounds_lost_to_a_gong_outage_do_not_count_as_malformed_answers() {
+    let harness = Harness::start(50, 100_000).await;
+    // With no retry inside a round, four rounds end in a Gong outage, the fifth gets a truncated
+    // answer, the sixth a good one: four retry rounds, more than ENRICH_MALFORMED_RETRIES (3),
+    // precede the first malformed answer, which is still only the first.
+    harness.gong.set_fault(Fault::ServerError, 4);
+    harness.gong.set_fault(Fault::TruncatedBody, 1);
+    let mut env = harness.env(50);
+    env.set("ENRICH_REQUEST_RETRIES", "0");
+    harness.publish_calls(1_700_000_000, 1).await;
+    let summary = gong_enrich::replay(
+        harness.config(&env),
+        options(ReplayStart::Sequence(1)),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("replay completes");
+    assert_eq!(harness.gong.pending_faults(), 0);
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    assert_eq!(summary.published, 1, "{summary:?}");
+    let enriched = harness.enriched().await;
+    assert_eq!(enriched.len(), 1);
+    assert_eq!(enriched[0].1.call_id(), Some("1700000000"));
+    assert_eq!(
+        header(&enriched[0].0, headers::REPLAY_RUN),
+        Some(summary.run_id.as_str())
+    );
 }

@@ -41,6 +41,24 @@ pub struct DeadLetterError {
     pub source: async_nats::Error,
 }
 
+/// Copies every header of `from` into `to` but those whose name starts with one of `skip`
+/// (compared without case: header names are case-insensitive).
+fn copy_headers(from: &async_nats::HeaderMap, to: &mut async_nats::HeaderMap, skip: &[&str]) {
+    for (name, values) in from.iter() {
+        let name: &str = name.as_ref();
+        let skipped = skip.iter().any(|prefix| {
+            name.get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        });
+        if skipped {
+            continue;
+        }
+        for value in values {
+            to.append(name, value.as_str());
+        }
+    }
+}
+
 /// Longest `Gong-DLQ-Detail`, in characters.
 pub const MAX_DETAIL_CHARS: usize = 500;
 
@@ -62,15 +80,8 @@ pub async fn publish(
 ) -> Result<jetstream::publish::PublishAck, DeadLetterError> {
     let mut message_headers = async_nats::HeaderMap::new();
     if let Some(original) = letter.original_headers {
-        for (name, values) in original.iter() {
-            let name: &str = name.as_ref();
-            if name.eq_ignore_ascii_case("Nats-Msg-Id") || name.starts_with("Nats-") {
-                continue;
-            }
-            for value in values {
-                message_headers.append(name, value.as_str());
-            }
-        }
+        // Not NATS's own (`Nats-Msg-Id` would make JetStream drop the letter as a duplicate).
+        copy_headers(original, &mut message_headers, &["Nats-"]);
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let detail = clip_detail(letter.detail);
@@ -274,16 +285,12 @@ pub async fn redrive(jetstream: &jetstream::Context, seq: u64) -> Result<u64, To
             reason: format!("no stage consumes {original_subject:?}"),
         })?;
     let mut message_headers = async_nats::HeaderMap::new();
-    for (name, values) in message.headers.iter() {
-        let name: &str = name.as_ref();
-        if name.starts_with("Gong-Dlq-") || name.starts_with("Nats-") {
-            continue;
-        }
-        for value in values {
-            message_headers.append(name, value.as_str());
-        }
-    }
-    message_headers.insert(REDRIVEN_FROM, seq.to_string().as_str());
+    copy_headers(
+        &message.headers,
+        &mut message_headers,
+        &["Gong-Dlq-", "Nats-"],
+    );
+    message_headers.insert(headers::REDRIVEN_FROM, seq.to_string().as_str());
     // A fresh dedupe id: the original id may still be inside the duplicate window.
     let message_id = format!(
         "redrive-{seq}-{}",
@@ -303,9 +310,6 @@ pub async fn redrive(jetstream: &jetstream::Context, seq: u64) -> Result<u64, To
         .map_err(|err| redrive_error(err.into()))?;
     Ok(ack.sequence)
 }
-
-/// Header set on redriven messages: the `GONG_DLQ` sequence they came from.
-pub const REDRIVEN_FROM: &str = "Gong-Redriven-From";
 
 /// Deletes dead letters: one sequence, one stage's subject, or everything. Returns how many.
 pub async fn purge(
@@ -331,4 +335,31 @@ pub async fn purge(
     }
     .map_err(|err| purge_error(err.into()))?;
     Ok(response.purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_copies_skip_prefixes_whatever_their_case() {
+        let mut from = async_nats::HeaderMap::new();
+        from.insert("Nats-Msg-Id", "a");
+        from.insert("nats-expected-stream", "b");
+        from.insert("Gong-Dlq-Reason", "c");
+        from.insert(headers::CALL_ID, "42");
+        let mut to = async_nats::HeaderMap::new();
+        copy_headers(&from, &mut to, &["Gong-Dlq-", "Nats-"]);
+        let names: Vec<String> = to.iter().map(|(name, _)| name.to_string()).collect();
+        assert_eq!(names, vec![headers::CALL_ID.to_string()]);
+        assert_eq!(to.get(headers::CALL_ID).unwrap().as_str(), "42");
+    }
+
+    #[test]
+    fn details_are_cut_on_characters_without_control_characters() {
+        let detail = format!("line\nbreak {}", "é".repeat(600));
+        let clipped = clip_detail(&detail);
+        assert!(clipped.starts_with("linebreak "));
+        assert_eq!(clipped.chars().count(), MAX_DETAIL_CHARS);
+    }
 }

@@ -103,4 +103,6 @@ pub mod headers {
     pub const DLQ_ORIGINAL_SEQ: &str = "Gong-Dlq-Original-Seq";
     /// RFC 3339 UTC time of dead-lettering.
     pub const DLQ_AT: &str = "Gong-Dlq-At";
+    /// Set on redriven messages: the `GONG_DLQ` sequence they came from.
+    pub const REDRIVEN_FROM: &str = "Gong-Redriven-From";
 }

@@ -106,8 +106,7 @@ pub async fn start(
     let ingest = Arc::new(server::Ingest {
         verifier,
         jetstream,
-        client,
-        in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+        in_flight: Semaphore::new(config.max_concurrent_requests),
         config,
     });
     readiness.set_started(true);

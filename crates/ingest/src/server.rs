@@ -32,9 +32,8 @@ const TOKEN_PREFIX: &str = "/webhooks/gong/";
 pub struct Ingest {
     pub(crate) verifier: Verifier,
     pub(crate) jetstream: jetstream::Context,
-    pub(crate) client: async_nats::Client,
     pub(crate) config: IngestConfig,
-    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) in_flight: Semaphore,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -88,15 +87,13 @@ impl Reject {
         )
     }
 
-    fn unavailable(reason: &str, retry_after: u64) -> Reject {
-        let mut reject = Reject::new(
+    fn unavailable(reason: &str, retry_after: u64, outcome: &'static str) -> Reject {
+        Reject::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            reason,
-            "unavailable",
-        );
-        reject.reason = format!("{reason}; retry after {retry_after}s");
-        reject
+            format!("{reason}; retry after {retry_after}s"),
+            outcome,
+        )
     }
 }
 
@@ -132,14 +129,12 @@ impl Ingest {
         request: Request<Incoming>,
     ) -> Result<(&'static str, HttpResponse), Reject> {
         let path = request.uri().path();
-        let mode = if path == JWT_PATH || path == "/webhooks/gong/" {
+        let mode = if path == JWT_PATH || path == TOKEN_PREFIX {
             AuthMode::Jwt
         } else if let Some(token) = path.strip_prefix(TOKEN_PREFIX).filter(|t| !t.contains('/')) {
             if request.method() == Method::POST {
-                // Checked before the body is read; the token itself is never logged.
-                if !self.verifier.url_tokens_enabled() {
-                    return Err(Reject::unauthorized(AuthError::UnknownToken));
-                }
+                // Checked before the body is read (no tokens configured: none matches); the
+                // token itself is never logged.
                 self.verifier
                     .verify_url_token(token)
                     .map_err(Reject::unauthorized)?;
@@ -188,15 +183,14 @@ impl Ingest {
             None
         };
 
-        let _permit = match self.in_flight.clone().try_acquire_owned() {
+        let _permit = match self.in_flight.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
-                let mut reject = Reject::unavailable(
+                return Err(Reject::unavailable(
                     "too many requests in flight",
                     self.config.retry_after_secs,
-                );
-                reject.outcome = "overloaded";
-                return Err(reject);
+                    "overloaded",
+                ));
             }
         };
         metrics::in_flight(
@@ -334,9 +328,13 @@ impl Ingest {
         body: Bytes,
     ) -> Result<jetstream::publish::PublishAck, Reject> {
         let retry_after = self.config.retry_after_secs;
-        if self.client.connection_state() != async_nats::connection::State::Connected {
+        if self.jetstream.client().connection_state() != async_nats::connection::State::Connected {
             metrics::publish_failure("disconnected");
-            return Err(Reject::unavailable("event store unreachable", retry_after));
+            return Err(Reject::unavailable(
+                "event store unreachable",
+                retry_after,
+                "unavailable",
+            ));
         }
         let started = Instant::now();
         let deadline = self.config.publish_timeout;
@@ -367,6 +365,7 @@ impl Ingest {
                 Err(Reject::unavailable(
                     "event store did not acknowledge",
                     retry_after,
+                    "unavailable",
                 ))
             }
             Err(_) => {
@@ -379,6 +378,7 @@ impl Ingest {
                 Err(Reject::unavailable(
                     "event store did not acknowledge in time",
                     retry_after,
+                    "unavailable",
                 ))
             }
         }

@@ -24,7 +24,7 @@ async fn signed_webhooks_are_stored_byte_identical_with_both_rotation_keys() {
     }
     let stored = harness.messages(raw_stream()).await;
     assert_eq!(stored.len(), 2);
-    for ((body, seq), message) in sent.iter().zip(&stored) {
+    for (index, ((body, seq), message)) in sent.iter().zip(&stored).enumerate() {
         assert_eq!(message.payload.as_ref(), body.as_slice());
         assert_eq!(message.sequence, *seq);
         assert_eq!(message.subject.as_str(), names::SUBJECT_RAW_CALL);
@@ -34,8 +34,15 @@ async fn signed_webhooks_are_stored_byte_identical_with_both_rotation_keys() {
             message.headers.get(headers::AUTH_MODE).unwrap().as_str(),
             "jwt"
         );
-        assert!(message.headers.get(headers::RECEIVED_AT).is_some());
-        assert!(message.headers.get(headers::CALL_ID).is_some());
+        let received_at = message.headers.get(headers::RECEIVED_AT).unwrap().as_str();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(received_at).is_ok(),
+            "{received_at}"
+        );
+        assert_eq!(
+            message.headers.get(headers::CALL_ID).unwrap().as_str(),
+            format!("90000000000000000{index}")
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use gong_testkit::{wait_until, NatsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{env_for, json, raw_stream, Harness};
+use crate::support::{env_for, json, raw_stream, Harness, WEBHOOK_URL};
 
 async fn harness_with(extra: &[(&str, &str)]) -> Harness {
     let nats = NatsServer::start_new();
@@ -116,18 +116,25 @@ async fn thousands_of_idle_connections_do_not_stop_service() {
 #[tokio::test]
 async fn non_utf8_and_deeply_nested_bodies() {
     let harness = Harness::start().await;
-    // Unauthenticated: 401 whatever the body.
+    // Signed for another body: the server reads these bodies, hashes them and refuses them
+    // (401 body_sha256), whatever they contain.
     let nested = "[".repeat(50_000);
+    let token = TestKey::rule_a().sign_webhook(b"{}", WEBHOOK_URL, 300);
     for body in [vec![0xff, 0xfe, 0x00, 0x80], nested.clone().into_bytes()] {
         let response = harness
             .http
             .post(harness.url("/webhooks/gong"))
+            .header("authorization", format!("Bearer {token}"))
             .body(body)
             .send()
             .await
             .unwrap();
-        let (status, _) = json(response).await;
-        assert_eq!(status, 401);
+        let (status, answer) = json(response).await;
+        assert_eq!(status, 401, "{answer}");
+        assert!(
+            answer["reason"].as_str().unwrap().contains("body_sha256"),
+            "{answer}"
+        );
     }
     // Authenticated: kept for inspection in the DLQ, never dropped, never a crash.
     for body in [vec![0xff, 0xfe, 0x00, 0x80], nested.into_bytes()] {

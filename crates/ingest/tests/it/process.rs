@@ -173,6 +173,11 @@ async fn dlq_commands_list_show_redrive_and_purge() {
         Some(1),
         "purge without --all must refuse"
     );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refusing to purge"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     let redriven = dlq(&["redrive", &seq]);
     assert!(

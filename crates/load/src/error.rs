@@ -30,15 +30,6 @@ pub enum LoadError {
         #[source]
         source: async_nats::Error,
     },
-    /// Pulling messages failed for good.
-    #[error("cannot pull from {stream}: {source}")]
-    Pull {
-        /// Stream name.
-        stream: String,
-        /// Cause.
-        #[source]
-        source: async_nats::Error,
-    },
     /// Reading a range back from GONG_ENRICHED failed.
     #[error("cannot read sequence {seq} of {stream}: {source}")]
     ReadStream {
@@ -71,18 +62,4 @@ pub enum LoadError {
     /// A replay argument is invalid or resolves to nothing.
     #[error("invalid replay range: {0}")]
     ReplayRange(String),
-}
-
-impl LoadError {
-    /// True when retrying the same step later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            LoadError::Stage(_)
-                | LoadError::Ranges(_)
-                | LoadError::ReadStream { .. }
-                | LoadError::Pull { .. }
-                | LoadError::Encode(_)
-        )
-    }
 }

@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, message::AckKind};
+use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use gong_common::ack::{settle, Outcome};
 use gong_common::admin::Readiness;
@@ -43,8 +43,14 @@ struct Batch {
     spool: Spool,
     unencoded: Vec<(u64, Box<EnrichedEvent>)>,
     held: Vec<jetstream::Message>,
-    events: usize,
     deadline: Instant,
+}
+
+impl Batch {
+    /// Loadable events in the batch: those already in the spool and those waiting to be encoded.
+    fn events(&self) -> usize {
+        self.spool.events() + self.unencoded.len()
+    }
 }
 
 /// Creates (or reuses) the durable consumer `load`.
@@ -196,7 +202,7 @@ impl Loader {
 
         if let Some(batch) = &mut self.batch {
             if seq >= batch.first && seq < batch.next {
-                return self.hold_or_poison(message, decoded, seq).await;
+                return self.hold_or_poison(message, decoded).await;
             }
         }
         if self.batch.is_none() {
@@ -220,7 +226,6 @@ impl Loader {
             spool: self.ctx.new_spool()?,
             unencoded: Vec::new(),
             held: Vec::new(),
-            events: 0,
             deadline: Instant::now() + self.ctx.config.flush_max_age,
         });
         Ok(())
@@ -258,13 +263,11 @@ impl Loader {
                     return Err(err);
                 }
             }
-            batch.events = batch.spool.events();
         }
         batch.next = seq + 1;
         match decoded {
             Decoded::Event(event) => {
                 batch.unencoded.push((seq, event));
-                batch.events += 1;
                 batch.held.push(message);
             }
             Decoded::Poison { reason, detail } => {
@@ -292,7 +295,7 @@ impl Loader {
         let Some(batch) = &self.batch else {
             return Ok(());
         };
-        if batch.events >= self.ctx.config.flush_max_rows {
+        if batch.events() >= self.ctx.config.flush_max_rows {
             return self.flush(FlushReason::Rows).await;
         }
         if batch.spool.bytes() >= self.ctx.config.flush_max_bytes {
@@ -305,7 +308,6 @@ impl Loader {
         &mut self,
         message: jetstream::Message,
         decoded: Decoded,
-        _seq: u64,
     ) -> Result<(), LoadError> {
         match decoded {
             Decoded::Poison { reason, detail } => {
@@ -358,9 +360,7 @@ impl Loader {
                     winner_last = existing.as_ref().map(|known| known.record.last),
                     "range claimed by another replica; messages handed back"
                 );
-                for message in &batch.held {
-                    let _ = message.ack_with(AckKind::Nak(Some(COVERED_RETRY))).await;
-                }
+                abandon_held(&self.ctx, &batch.held).await;
                 return Ok(());
             }
             Err(err) => {
@@ -417,7 +417,8 @@ async fn ack_all(ctx: &Ctx, held: &[jetstream::Message]) {
         .await;
 }
 
-/// Gives held messages back after a failure that lost the batch (they are redelivered).
+/// Gives held messages back (nak, redelivered after [`COVERED_RETRY`]) after a failure that lost
+/// the batch or a claim lost to another replica.
 async fn abandon_held(ctx: &Ctx, held: &[jetstream::Message]) {
     for message in held {
         nak(ctx, message).await;

@@ -11,7 +11,7 @@
 //! schema version, the table and the range.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use gong_common::event::EnrichedEvent;
@@ -276,10 +276,5 @@ impl Spool {
             files,
             events: self.events,
         })
-    }
-
-    /// The spool directory (for logs).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }

@@ -35,8 +35,6 @@ pub struct ReplayProgress {
     pub first: u64,
     /// Its last sequence.
     pub last: u64,
-    /// Files written for it.
-    pub files: usize,
 }
 
 /// What a replay did.
@@ -140,7 +138,6 @@ pub async fn replay(
             total,
             first: record.first,
             last: record.last,
-            files: staged.files.len(),
         });
     }
     tracing::info!(

@@ -21,8 +21,6 @@ use crate::schema::{Kind, Table};
 pub enum Cell<'a> {
     /// Text or JSON text.
     Text(Option<&'a str>),
-    /// Owned text (JSON rendered for the row).
-    Owned(Option<String>),
     /// Microseconds since the epoch, UTC.
     Micros(Option<i64>),
     /// Integer.
@@ -57,7 +55,6 @@ impl ColumnBuilder {
     fn push(&mut self, cell: Cell<'_>) {
         match (self, cell) {
             (ColumnBuilder::Text(builder), Cell::Text(value)) => builder.append_option(value),
-            (ColumnBuilder::Text(builder), Cell::Owned(value)) => builder.append_option(value),
             (ColumnBuilder::Timestamp(builder), Cell::Micros(value)) => {
                 builder.append_option(value)
             }
@@ -193,11 +190,6 @@ impl TableSet {
     /// The builders of `table`.
     pub fn get_mut(&mut self, table: Table) -> &mut TableRows {
         &mut self.tables[table.index()]
-    }
-
-    /// Rows buffered over all tables.
-    pub fn total_rows(&self) -> usize {
-        self.tables.iter().map(TableRows::len).sum()
     }
 }
 
@@ -422,8 +414,8 @@ pub fn append_event(tables: &mut TableSet, event: &EnrichedEvent, stream_seq: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::TimestampMicrosecondType;
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 
     fn event() -> EnrichedEvent {
         let raw = serde_json::json!({
@@ -472,8 +464,16 @@ mod tests {
         let extra: Value = serde_json::from_str(extra.value(0)).unwrap();
         assert_eq!(extra["metaData"]["newField"], 1);
         assert!(extra["content"]["outline"].is_array());
-        let seq = calls.column_by_name("enriched_stream_seq").unwrap();
-        assert!(!seq.is_null(0));
+        // The enriched sequence is the one the row was appended at, not the event's raw one.
+        let seq_of = |column: &str| {
+            calls
+                .column_by_name(column)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0)
+        };
+        assert_eq!(seq_of("enriched_stream_seq"), 42);
+        assert_eq!(seq_of("raw_stream_seq"), 3);
         let context = tables
             .get_mut(Table::CallContextFields)
             .take_batch()

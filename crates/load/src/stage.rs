@@ -215,24 +215,9 @@ impl Stage {
         })
     }
 
-    /// A stage over an existing store (tests, tools).
-    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Stage {
-        Stage {
-            store,
-            prefix: Path::from(prefix.trim_matches('/')),
-            url: format!("memory:///{prefix}"),
-            local: None,
-        }
-    }
-
     /// The URL it was opened from.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// The underlying store.
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
-        self.store.clone()
     }
 
     /// The object path of a path relative to the stage root.

@@ -9,7 +9,7 @@ use gong_testkit::nats::free_port;
 use gong_testkit::wait_until;
 
 use crate::support::{
-    call_event_ids, publish_events, read_stage, render_rows, wait_all_acked, Harness,
+    ack_floor, call_event_ids, publish_events, read_stage, render_rows, wait_all_acked, Harness,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_gong-load");
@@ -67,14 +67,9 @@ async fn killed_between_write_and_ack_then_restarted_keeps_names_and_rows() {
         "files must be durable before the crash: {:?}",
         after_crash.keys()
     );
-    let stream = harness
-        .jetstream
-        .get_stream(names::STREAM_ENRICHED)
-        .await
-        .unwrap();
-    let info = stream.consumer_info(names::CONSUMER_LOAD).await.unwrap();
     assert_eq!(
-        info.ack_floor.stream_sequence, 0,
+        ack_floor(&harness.jetstream).await,
+        0,
         "nothing may be acked before the crash"
     );
 

@@ -1,20 +1,30 @@
 //! Live loading: files read back, flush policy, poison, metrics.
 
-use arrow::datatypes::{DataType, TimeUnit};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::TryStreamExt;
 use gong_common::names::{self, headers};
+use gong_load::metrics::FLUSH_REASONS;
+use gong_load::ranges::RangeRecord;
 use gong_load::schema::{Table, META_SCHEMA_VERSION, SCHEMA_VERSION};
-use gong_load::stage::parse_file_name;
+use gong_load::stage::{file_name, parse_file_name};
+use gong_testkit::wait_until;
 
 use crate::support::{
-    assert_no_nulls, call_event_ids, publish, publish_events, read_stage, rows_per_table,
-    wait_calls_rows, Harness, ROWS_PER_EVENT,
+    ack_floor, assert_no_nulls, call_event_ids, metric_value, publish, publish_events, read_stage,
+    rows_per_table, wait_calls_rows, FileContent, Harness, ROWS_PER_EVENT,
 };
 
 #[tokio::test]
 async fn files_read_back_match_the_events_and_the_schema() {
-    let mut harness = Harness::new().await;
+    let harness = Harness::new().await;
     publish_events(&harness.jetstream, 1, 12).await;
-    harness.start_loader(&[("LOAD_FLUSH_MAX_ROWS", "5")]).await;
+    // A child process, so its metrics count this test's files only.
+    let loader = harness
+        .spawn_loader_process(&[("LOAD_FLUSH_MAX_ROWS", "5")])
+        .await;
+    let started_at = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     wait_calls_rows(&harness.stage_dir(), 12).await;
     harness.wait_all_acked().await;
     let files = read_stage(&harness.stage_dir());
@@ -78,19 +88,9 @@ async fn files_read_back_match_the_events_and_the_schema() {
         Some(&SCHEMA_VERSION.to_string())
     );
     let batch = &calls.batches[0];
-    let schema = batch.schema();
-    assert_eq!(
-        schema.field_with_name("call_id").unwrap().data_type(),
-        &DataType::Utf8
-    );
-    assert_eq!(
-        schema.field_with_name("started").unwrap().data_type(),
-        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-    );
-    assert_eq!(
-        schema.field_with_name("is_private").unwrap().data_type(),
-        &DataType::Boolean
-    );
+    // Column types are checked against the documentation in schema.rs's unit tests; here the
+    // file read back must carry exactly that schema.
+    assert_eq!(batch.schema().fields(), Table::Calls.schema().fields());
     assert_no_nulls(batch, "started");
     assert_no_nulls(batch, "call_id");
     let extra = batch
@@ -103,26 +103,84 @@ async fn files_read_back_match_the_events_and_the_schema() {
         .to_string();
     assert!(extra.contains("brandNewField"), "{extra}");
 
-    // Metrics.
-    let metrics = reqwest::get(format!("http://{}/metrics", harness.admin_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "gong_load_rows_total",
-        "gong_load_files_total",
-        "gong_load_bytes_total",
-        "gong_load_flushes_total{reason=\"rows\"}",
-        "gong_load_file_size_bytes_bucket",
-        "gong_load_event_to_staged_seconds_bucket",
-        "gong_load_last_flush_timestamp_seconds",
-        "gong_load_consumer_pending",
-    ] {
-        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    // Metrics: every series is registered at zero on start, so check the counts of what was
+    // staged. A range's metrics follow its acks: wait until every range's flush is counted.
+    let admin = loader.admin_addr;
+    let flushes = || async move {
+        let mut total = 0.0;
+        for reason in FLUSH_REASONS {
+            let series = format!("gong_load_flushes_total{{reason=\"{}\"}}", reason.as_str());
+            total += metric_value(admin, &series).await?;
+        }
+        Some(total)
+    };
+    wait_until(Duration::from_secs(30), "every flush counted", || async {
+        (flushes().await? >= ranges.len() as f64).then_some(())
+    })
+    .await;
+    assert_eq!(flushes().await, Some(ranges.len() as f64));
+    let metric = |series: String| async move {
+        metric_value(admin, &series)
+            .await
+            .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+    };
+    assert_eq!(
+        metric("gong_load_flushes_total{reason=\"rows\"}".into()).await,
+        2.0,
+        "ranges 1..=5 and 6..=10 are flushed on rows"
+    );
+    for table in Table::ALL {
+        let name = table.name();
+        let staged: Vec<&FileContent> = files
+            .iter()
+            .filter(|(path, _)| path.starts_with(&format!("{name}/")))
+            .map(|(_, content)| content)
+            .collect();
+        let bytes: u64 = files
+            .keys()
+            .filter(|path| path.starts_with(&format!("{name}/")))
+            .map(|path| {
+                std::fs::metadata(harness.stage_dir().join(path))
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        let rows: usize = staged.iter().map(|content| content.rows).sum();
+        let labels = format!("{{table=\"{name}\"}}");
+        assert_eq!(
+            metric(format!("gong_load_rows_total{labels}")).await,
+            rows as f64,
+            "{name}"
+        );
+        assert_eq!(
+            metric(format!("gong_load_files_total{labels}")).await,
+            staged.len() as f64,
+            "{name}"
+        );
+        assert_eq!(
+            metric(format!("gong_load_bytes_total{labels}")).await,
+            bytes as f64,
+            "{name}"
+        );
     }
-    harness.stop_loader().await;
+    assert_eq!(
+        metric("gong_load_rows_total{table=\"calls\"}".into()).await,
+        12.0
+    );
+    assert_eq!(
+        metric("gong_load_file_size_bytes_count".into()).await,
+        files.len() as f64
+    );
+    assert_eq!(
+        metric("gong_load_event_to_staged_seconds_count".into()).await,
+        ranges.len() as f64
+    );
+    assert!(
+        metric("gong_load_last_flush_timestamp_seconds".into()).await > started_at,
+        "the last flush is later than the start"
+    );
+    metric("gong_load_consumer_pending".into()).await;
+    loader.stop().await;
 }
 
 #[tokio::test]
@@ -187,44 +245,47 @@ async fn poison_is_dead_lettered_and_the_rest_is_staged() {
 
 #[tokio::test]
 async fn stage_errors_are_retried_and_nothing_is_acked_until_files_are_durable() {
-    let mut harness = Harness::new().await;
+    let harness = Harness::new().await;
     let stage = harness.stage_dir();
     std::fs::create_dir_all(&stage).unwrap();
     // A regular file where the `calls` folder must go: every write fails, even as root.
     std::fs::write(stage.join("calls"), b"in the way").unwrap();
-    harness
-        .start_loader(&[("LOAD_RETRY_MAX_BACKOFF", "200ms")])
-        .await;
+    // What a write killed half-way through leaves beside a name of range 1..=2 (the local
+    // store's `<name>#<n>` staging file): completing that name must remove it.
+    let participants = stage.join("call_participants/dt=2024-03-04");
+    std::fs::create_dir_all(&participants).unwrap();
+    let leftover = participants.join(format!("{}#3", file_name(1, 2)));
+    std::fs::write(&leftover, b"half a file").unwrap();
+    // Published before the loader starts, so both are in its first batch: range 1..=2.
     publish_events(&harness.jetstream, 1, 2).await;
-    let metrics_url = format!("http://{}/metrics", harness.admin_addr());
-    gong_testkit::wait_until(std::time::Duration::from_secs(30), "a stage error", || {
-        let url = metrics_url.clone();
-        async move {
-            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
-            // Registered at zero on start: wait for a count, not for the name.
-            let errors = text
-                .lines()
-                .find_map(|line| line.strip_prefix("gong_load_stage_errors_total "))
-                .and_then(|value| value.trim().parse::<f64>().ok())
-                .unwrap_or(0.0);
-            (errors > 0.0).then_some(())
-        }
+    // A child process, so the stage errors counted are this loader's.
+    let loader = harness
+        .spawn_loader_process(&[("LOAD_RETRY_MAX_BACKOFF", "200ms")])
+        .await;
+    let admin = loader.admin_addr;
+    wait_until(Duration::from_secs(30), "a stage error", || async move {
+        let errors = metric_value(admin, "gong_load_stage_errors_total").await?;
+        (errors > 0.0).then_some(())
     })
     .await;
-    let stream = harness
-        .jetstream
-        .get_stream(names::STREAM_ENRICHED)
-        .await
-        .unwrap();
-    let info = stream.consumer_info(names::CONSUMER_LOAD).await.unwrap();
     assert_eq!(
-        info.ack_floor.stream_sequence, 0,
+        ack_floor(&harness.jetstream).await,
+        0,
         "acked before the files were durable"
     );
     std::fs::remove_file(stage.join("calls")).unwrap();
     wait_calls_rows(&stage, 2).await;
     harness.wait_all_acked().await;
-    harness.stop_loader().await;
+    loader.stop().await;
+    let calls: Vec<String> = read_stage(&stage)
+        .into_keys()
+        .filter(|path| path.starts_with("calls/"))
+        .collect();
+    assert_eq!(
+        calls,
+        [format!("calls/dt=2024-03-04/{}", file_name(1, 2))],
+        "one range, 1..=2, whose name the leftover shares"
+    );
     // Nothing half-written is left visible: only complete .parquet files.
     let mut pending = vec![stage.clone()];
     while let Some(dir) = pending.pop() {
@@ -271,6 +332,24 @@ async fn two_replicas_stage_every_event_exactly_once_in_disjoint_ranges() {
     for pair in ranges.windows(2) {
         assert!(pair[0].1 < pair[1].0, "overlapping ranges {ranges:?}");
     }
+    // Both replicas worked: a range record names the replica that claimed (or took over and
+    // rewrote) it, and only a replica given messages does either.
+    let kv = harness
+        .jetstream
+        .get_key_value(names::BUCKET_LOAD_RANGES)
+        .await
+        .unwrap();
+    let keys: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
+    let mut owners = BTreeSet::new();
+    for key in keys.iter().filter(|key| key.starts_with("range.")) {
+        let value = kv.get(key).await.unwrap().expect("range record");
+        let record: RangeRecord = serde_json::from_slice(&value).unwrap();
+        owners.insert(record.owner);
+    }
+    assert!(
+        owners.len() >= 2,
+        "ranges written by {owners:?} only; keys {keys:?}"
+    );
     harness.stop_loader().await;
     if let Some((running, shutdown)) = first {
         shutdown.cancel();

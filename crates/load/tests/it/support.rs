@@ -2,7 +2,9 @@
 //! and Parquet read back with the parquet crate.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -11,6 +13,7 @@ use gong_common::names;
 use gong_common::streams::{ensure_streams, StreamKind, StreamSettings};
 use gong_common::Env;
 use gong_load::{LoadConfig, Running};
+use gong_testkit::nats::free_port;
 use gong_testkit::{wait_until, NatsServer};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +107,12 @@ pub async fn publish_events(jetstream: &jetstream::Context, from: u64, to: u64) 
 
 /// Loader variables for a local stage.
 pub fn env_for(nats: &NatsServer, stage: &Path, extra: &[(&str, &str)]) -> Env {
-    let mut env = Env::from_pairs([
+    Env::from_pairs(env_pairs(nats, stage, extra))
+}
+
+/// [`env_for`]'s variables as pairs (`extra` last, so it overrides), to pass to a child process.
+pub fn env_pairs(nats: &NatsServer, stage: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = [
         ("NATS_URL", nats.url()),
         ("ADMIN_ADDR", "127.0.0.1:0".to_string()),
         ("LOG_FORMAT", "pretty".to_string()),
@@ -119,11 +127,15 @@ pub fn env_for(nats: &NatsServer, stage: &Path, extra: &[(&str, &str)]) -> Env {
         ("LOAD_RANGE_TAKEOVER_AFTER", "1s".to_string()),
         ("LOAD_FLUSH_MAX_ROWS", "1000".to_string()),
         ("LOAD_SHUTDOWN_GRACE", "5s".to_string()),
-    ]);
+    ]
+    .into_iter()
+    .map(|(var, value)| (var.to_string(), value))
+    .collect();
     for (var, value) in extra {
-        env.set(*var, *value);
+        pairs.retain(|(known, _)| known != var);
+        pairs.push((var.to_string(), value.to_string()));
     }
-    env
+    pairs
 }
 
 /// A nats-server, a stage directory and, once started, the loader in-process.
@@ -170,14 +182,110 @@ impl Harness {
         }
     }
 
-    pub fn admin_addr(&self) -> std::net::SocketAddr {
-        self.loader.as_ref().expect("loader").0.admin_addr
+    /// Starts the `gong-load` binary as a child process. Its metrics are its own, whereas the
+    /// in-process loaders of the tests running in parallel share one global recorder, so use
+    /// this when a test asserts metric values.
+    pub async fn spawn_loader_process(&self, extra: &[(&str, &str)]) -> LoaderProcess {
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin = admin_addr.to_string();
+        let mut extra = extra.to_vec();
+        extra.push(("ADMIN_ADDR", &admin));
+        let log = std::fs::File::create(self.root.path().join("gong-load.log"))
+            .map(Stdio::from)
+            .unwrap_or(Stdio::null());
+        let child = Command::new(env!("CARGO_BIN_EXE_gong-load"))
+            .env_clear()
+            .envs(env_pairs(&self.nats, &self.stage_dir(), &extra))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gong-load");
+        let process = LoaderProcess {
+            child: Some(child),
+            admin_addr,
+        };
+        wait_until(
+            Duration::from_secs(30),
+            "gong-load serving /metrics",
+            || metric_value(admin_addr, "gong_load_stage_errors_total"),
+        )
+        .await;
+        process
     }
 
     /// Waits until the `load` consumer has delivered and acknowledged everything.
     pub async fn wait_all_acked(&self) {
         wait_all_acked(&self.jetstream).await
     }
+}
+
+/// The `gong-load` binary running as a child process; killed if dropped without [`stop`].
+///
+/// [`stop`]: LoaderProcess::stop
+pub struct LoaderProcess {
+    child: Option<Child>,
+    pub admin_addr: SocketAddr,
+}
+
+impl LoaderProcess {
+    /// Stops it with SIGTERM, as an orchestrator does, and expects a clean exit.
+    pub async fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(
+            status.is_ok_and(|status| status.success()),
+            "kill -TERM {pid}"
+        );
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "gong-load exited with {status}");
+    }
+}
+
+impl Drop for LoaderProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The value of one series on the `/metrics` page served at `admin`: `series` is the name with
+/// its labels as rendered (`gong_load_rows_total{table="calls"}`). `None` when the page cannot
+/// be read or has no such series.
+pub async fn metric_value(admin: SocketAddr, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The `load` consumer's state, looked up fresh.
+pub async fn load_consumer_info(
+    jetstream: &jetstream::Context,
+) -> Option<jetstream::consumer::Info> {
+    let stream = jetstream.get_stream(names::STREAM_ENRICHED).await.ok()?;
+    stream.consumer_info(names::CONSUMER_LOAD).await.ok()
+}
+
+/// The stream sequence up to which the `load` consumer has acknowledged every message.
+pub async fn ack_floor(jetstream: &jetstream::Context) -> u64 {
+    load_consumer_info(jetstream)
+        .await
+        .expect("load consumer info")
+        .ack_floor
+        .stream_sequence
 }
 
 /// Waits until every message is acknowledged, which the loader does only once every file of
@@ -189,7 +297,7 @@ pub async fn wait_all_acked(jetstream: &jetstream::Context) {
         || async {
             let mut stream = jetstream.get_stream(names::STREAM_ENRICHED).await.ok()?;
             let last = stream.info().await.ok()?.state.last_sequence;
-            let info = stream.consumer_info(names::CONSUMER_LOAD).await.ok()?;
+            let info = load_consumer_info(jetstream).await?;
             (info.num_ack_pending == 0
                 && info.num_pending == 0
                 && info.ack_floor.stream_sequence >= last)

@@ -11,7 +11,9 @@
 //! - `gong_enrich_rate_limited_total`: 429s received from Gong.
 //! - `gong_enrich_events_total{outcome}`: raw events by outcome.
 //! - `gong_enrich_consumer_pending`, `gong_enrich_consumer_ack_pending`: from consumer info.
-//! - `gong_enrich_replay_events_total{outcome}`: events handled by replay runs.
+//!
+//! `gong-enrich replay` runs as a command with no metrics endpoint: its counts are in its
+//! summary and logs, not here.
 
 use std::time::Duration;
 
@@ -54,9 +56,6 @@ pub fn register() {
     metrics::counter!("gong_enrich_rate_limited_total").increment(0);
     for outcome in EVENT_OUTCOMES {
         metrics::counter!("gong_enrich_events_total", "outcome" => *outcome).increment(0);
-    }
-    for outcome in ["enriched", "call_not_found", "malformed_response"] {
-        metrics::counter!("gong_enrich_replay_events_total", "outcome" => outcome).increment(0);
     }
 }
 
@@ -104,9 +103,4 @@ pub fn event(outcome: &'static str) {
 pub fn consumer_pending(pending: u64, ack_pending: usize) {
     metrics::gauge!("gong_enrich_consumer_pending").set(pending as f64);
     metrics::gauge!("gong_enrich_consumer_ack_pending").set(ack_pending as f64);
-}
-
-/// One raw event handled by a replay run with `outcome`.
-pub fn replay_event(outcome: &'static str) {
-    metrics::counter!("gong_enrich_replay_events_total", "outcome" => outcome).increment(1);
 }

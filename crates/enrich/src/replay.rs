@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::EnrichConfig;
 use crate::error::EnrichError;
 use crate::gong_api::{backoff, GongApi};
-use crate::metrics;
 use crate::pipeline::{self, MalformedAnswers, RawEvent, ReplayRun, Verdict};
 use crate::rate_limit::{Priority, RateLimiter};
 
@@ -273,7 +272,6 @@ async fn replay_batch(
                         "raw event cannot be enriched; skipped"
                     );
                     summary.invalid += 1;
-                    metrics::replay_event(invalid.reason);
                 }
                 Verdict::NotFound => {
                     tracing::warn!(
@@ -282,7 +280,6 @@ async fn replay_batch(
                         "gong has no such call; skipped"
                     );
                     summary.not_found += 1;
-                    metrics::replay_event("call_not_found");
                 }
                 Verdict::Malformed { detail } => {
                     let answers = malformed.record(event.stream_seq);
@@ -290,7 +287,6 @@ async fn replay_batch(
                         None => {
                             tracing::error!(stream_seq = event.stream_seq, malformed_answers = answers, detail = %detail, "gong answer malformed after retries; event skipped");
                             summary.failed += 1;
-                            metrics::replay_event("malformed_response");
                         }
                         Some(after) => {
                             wait = wait.max(after);
@@ -330,7 +326,6 @@ async fn replay_batch(
                 source: source.into(),
             })?;
             summary.published += 1;
-            metrics::replay_event("enriched");
         }
         if !retry.is_empty() {
             rounds += 1;

@@ -310,9 +310,15 @@ impl Ranges {
         Ok(known)
     }
 
-    /// The recorded range covering `seq`, fresh from the bucket (the cache only narrows the
-    /// search; the record itself is re-read so its state and revision are current).
+    /// The recorded range covering `seq`. A range known `Done` is answered from the cache: its
+    /// files are written and a redelivered message in it only needs its ack (a rewrite by a
+    /// replay writes the same files). Otherwise the record is re-read from the bucket so its
+    /// state and revision are current (the cache only narrows the search). After a lost claim
+    /// every message of the range comes back, so this saves a KV read per message.
     pub async fn covering(&self, seq: u64) -> Result<Option<Known>, RangeError> {
+        if let Some(done) = self.cached_done(seq) {
+            return Ok(Some(done));
+        }
         let cached = self.cached_first(seq);
         if let Some(first) = cached {
             if let Some(known) = self.fetch(first).await? {
@@ -358,6 +364,16 @@ impl Ranges {
         .await
         .map_err(|_| range_error("list", "range.*")("timed out".into()))??;
         Ok(keys.iter().filter_map(|key| parse_range_key(key)).collect())
+    }
+
+    fn cached_done(&self, seq: u64) -> Option<Known> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .range(..=seq)
+            .next_back()
+            .map(|(_, known)| known)
+            .filter(|known| known.record.covers(seq) && known.record.state == RangeState::Done)
+            .cloned()
     }
 
     fn cached_first(&self, seq: u64) -> Option<u64> {

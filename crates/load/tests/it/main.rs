@@ -5,6 +5,7 @@ mod support;
 mod crash;
 mod loading;
 mod process;
+mod ranges;
 mod replay;
 mod s3;
 mod snowflake;

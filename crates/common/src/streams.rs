@@ -206,6 +206,27 @@ pub async fn ensure_streams(
     Ok(())
 }
 
+/// Creates the durable pull consumer `wanted` on `stream`, or updates it in place. When the
+/// server refuses the change (some settings cannot change on an existing consumer), the
+/// existing consumer is kept as it is, with a warning, rather than refusing to start. The error
+/// is the create's when there is no consumer to keep.
+pub async fn ensure_pull_consumer(
+    stream: &stream::Stream,
+    wanted: jetstream::consumer::pull::Config,
+) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
+    let name = wanted.durable_name.clone().unwrap_or_default();
+    match stream.create_consumer(wanted).await {
+        Ok(consumer) => Ok(consumer),
+        Err(create_error) => match stream.get_consumer(&name).await {
+            Ok(consumer) => {
+                tracing::warn!(error = %create_error, consumer = %name, "cannot update the consumer; keeping it with its own settings");
+                Ok(consumer)
+            }
+            Err(_) => Err(create_error.into()),
+        },
+    }
+}
+
 /// Creates (if missing) and opens a KV bucket.
 ///
 /// `jetstream.create_key_value` fails against nats-server 2.9 (it reads an account-info field the

@@ -65,18 +65,9 @@ pub(crate) async fn ensure_consumer(
         max_ack_pending: config.max_ack_pending,
         ..Default::default()
     };
-    match stream.create_consumer(wanted).await {
-        Ok(consumer) => Ok(consumer),
-        Err(err) => {
-            // An existing consumer whose settings the server refuses to change in place: use
-            // it as it is rather than refuse to start.
-            tracing::warn!(error = %err, consumer = names::CONSUMER_ENRICH, "cannot update the consumer; using it as it is");
-            stream
-                .get_consumer(names::CONSUMER_ENRICH)
-                .await
-                .map_err(error)
-        }
-    }
+    gong_common::streams::ensure_pull_consumer(&stream, wanted)
+        .await
+        .map_err(error)
 }
 
 /// Runs until `shutdown`: finishes the batch in hand (within the grace period), then returns.

@@ -69,26 +69,13 @@ pub async fn ensure_consumer(
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         ..Default::default()
     };
-    let consumer_error = |source: async_nats::Error| LoadError::Consumer {
-        consumer: names::CONSUMER_LOAD.to_string(),
-        stream: names::STREAM_ENRICHED.to_string(),
-        source,
-    };
-    match stream.create_consumer(wanted.clone()).await {
-        Ok(consumer) => Ok(consumer),
-        Err(create_error) => {
-            // An existing consumer whose settings cannot be changed in place: keep it.
-            let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-                .get_consumer(names::CONSUMER_LOAD)
-                .await
-                .map_err(|_| consumer_error(create_error.into()))?;
-            tracing::warn!(
-                consumer = names::CONSUMER_LOAD,
-                "existing consumer kept with its own settings"
-            );
-            Ok(consumer)
-        }
-    }
+    gong_common::streams::ensure_pull_consumer(stream, wanted)
+        .await
+        .map_err(|source| LoadError::Consumer {
+            consumer: names::CONSUMER_LOAD.to_string(),
+            stream: names::STREAM_ENRICHED.to_string(),
+            source,
+        })
 }
 
 /// Runs the live loop until `shutdown`, then flushes the open batch within the grace period.

@@ -1,7 +1,10 @@
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use gong_common::names;
-use gong_common::streams::{ensure_kv, ensure_streams, StreamKind, StreamSettings};
+use gong_common::streams::{
+    ensure_kv, ensure_pull_consumer, ensure_streams, StreamKind, StreamSettings,
+};
 use gong_testkit::NatsServer;
 
 #[tokio::test]
@@ -59,4 +62,57 @@ async fn kv_bucket_works_on_the_old_server_with_compare_and_set() {
         .await
         .unwrap();
     assert_eq!(again.get("key").await.unwrap().unwrap().as_ref(), b"two");
+}
+
+#[tokio::test]
+async fn pull_consumers_are_updated_in_place_or_kept_when_the_server_refuses() {
+    let nats = NatsServer::start_new();
+    let jetstream = nats.jetstream().await;
+    ensure_streams(&jetstream, &StreamSettings::default(), &[StreamKind::Raw])
+        .await
+        .unwrap();
+    let stream = jetstream.get_stream(names::STREAM_RAW).await.unwrap();
+    let wanted = pull::Config {
+        durable_name: Some("probe".to_string()),
+        ack_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
+    ensure_pull_consumer(&stream, wanted.clone()).await.unwrap();
+
+    // A setting that may change: changed in place.
+    let longer = pull::Config {
+        ack_wait: Duration::from_secs(90),
+        ..wanted.clone()
+    };
+    let mut consumer = ensure_pull_consumer(&stream, longer).await.unwrap();
+    assert_eq!(
+        consumer.info().await.unwrap().config.ack_wait,
+        Duration::from_secs(90)
+    );
+
+    // One the server refuses to change: the existing consumer is kept as it is.
+    let refused = pull::Config {
+        deliver_policy: DeliverPolicy::New,
+        ..wanted.clone()
+    };
+    let mut kept = ensure_pull_consumer(&stream, refused).await.unwrap();
+    let info = kept.info().await.unwrap();
+    assert_eq!(info.config.deliver_policy, DeliverPolicy::All);
+    assert_eq!(info.config.ack_wait, Duration::from_secs(90));
+
+    // No consumer to keep: the create's error.
+    let missing = jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "OTHER".to_string(),
+            subjects: vec!["other.>".to_string()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let invalid = pull::Config {
+        durable_name: Some("bad".to_string()),
+        filter_subject: "not.in.this.stream".to_string(),
+        ..Default::default()
+    };
+    assert!(ensure_pull_consumer(&missing, invalid).await.is_err());
 }

@@ -188,12 +188,28 @@ struct Claims {
 #[derive(Debug)]
 pub struct PrecheckedJwt(String);
 
-/// Verifies requests; built once at start, shared by every connection.
+/// Verifies requests; built once from the configuration, shared by every connection. Holds
+/// URL tokens only as digests; `Debug` prints counts, never keys or tokens.
+#[derive(Clone)]
 pub struct Verifier {
     keys: Vec<RuleKey>,
     webhook_url: Option<String>,
     leeway_secs: f64,
     token_digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .field("webhook_url", &self.webhook_url)
+            .field("leeway_secs", &self.leeway_secs)
+            .field(
+                "url_tokens",
+                &format_args!("<{} redacted>", self.token_digests.len()),
+            )
+            .finish()
+    }
 }
 
 impl Verifier {

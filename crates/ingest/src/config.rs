@@ -15,12 +15,11 @@ pub struct IngestConfig {
     pub common: CommonConfig,
     /// `INGEST_ADDR` (default `0.0.0.0:8080`).
     pub listen_addr: SocketAddr,
-    /// `GONG_WEBHOOK_SECRETS`: the rules' public keys, parsed.
-    pub webhook_keys: Vec<auth::RuleKey>,
-    /// `GONG_WEBHOOK_URL`: the destination URL configured on the rule (JWT mode).
-    pub webhook_url: Option<String>,
-    /// `GONG_WEBHOOK_URL_TOKENS`: URL-mode tokens.
-    pub url_tokens: Vec<String>,
+    /// `GONG_WEBHOOK_SECRETS` (the rules' public keys, parsed), `GONG_WEBHOOK_URL` (the
+    /// destination URL configured on the rule, normalised), `GONG_WEBHOOK_URL_TOKENS` (kept only
+    /// as SHA-256 digests) and `INGEST_JWT_LEEWAY` (default `60s`, for `exp`/`nbf`), built
+    /// once into the verifier every request uses.
+    pub verifier: auth::Verifier,
     /// `INGEST_MAX_BODY_BYTES` (default 5 MiB; over it 413).
     pub max_body_bytes: usize,
     /// `INGEST_MAX_CONCURRENT_REQUESTS` (default 1024; over it 503).
@@ -35,8 +34,6 @@ pub struct IngestConfig {
     pub publish_timeout: Duration,
     /// `INGEST_MAX_ACK_INFLIGHT` (default 2048): publish acks in flight.
     pub max_ack_inflight: usize,
-    /// `INGEST_JWT_LEEWAY` (default `60s`) for `exp`/`nbf`.
-    pub jwt_leeway: Duration,
     /// `INGEST_SHUTDOWN_GRACE` (default `25s`): time in-flight requests get on shutdown.
     pub shutdown_grace: Duration,
     /// `INGEST_RETRY_AFTER_SECS` (default 5): `Retry-After` on 503.
@@ -48,12 +45,7 @@ impl fmt::Debug for IngestConfig {
         f.debug_struct("IngestConfig")
             .field("common", &self.common)
             .field("listen_addr", &self.listen_addr)
-            .field("webhook_keys", &self.webhook_keys.len())
-            .field("webhook_url", &self.webhook_url)
-            .field(
-                "url_tokens",
-                &format_args!("<{} redacted>", self.url_tokens.len()),
-            )
+            .field("verifier", &self.verifier)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
     }
@@ -101,12 +93,11 @@ impl IngestConfig {
                 "set GONG_WEBHOOK_SECRETS (signed-JWT mode) or GONG_WEBHOOK_URL_TOKENS (URL mode), or both",
             ));
         }
+        let jwt_leeway = env.duration_or("INGEST_JWT_LEEWAY", Duration::from_secs(60))?;
         Ok(IngestConfig {
             common,
             listen_addr: env.socket_addr_or("INGEST_ADDR", "0.0.0.0:8080")?,
-            webhook_keys,
-            webhook_url,
-            url_tokens,
+            verifier: auth::Verifier::new(webhook_keys, webhook_url, &url_tokens, jwt_leeway),
             max_body_bytes: env.positive_or("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024)?,
             max_concurrent_requests: env.positive_or("INGEST_MAX_CONCURRENT_REQUESTS", 1024)?,
             max_connections: env.positive_or("INGEST_MAX_CONNECTIONS", 10_000)?,
@@ -114,7 +105,6 @@ impl IngestConfig {
             body_timeout: env.duration_or("INGEST_BODY_TIMEOUT", Duration::from_secs(30))?,
             publish_timeout: env.duration_or("INGEST_PUBLISH_TIMEOUT", Duration::from_secs(5))?,
             max_ack_inflight: env.positive_or("INGEST_MAX_ACK_INFLIGHT", 2048)?,
-            jwt_leeway: env.duration_or("INGEST_JWT_LEEWAY", Duration::from_secs(60))?,
             shutdown_grace: env.duration_or("INGEST_SHUTDOWN_GRACE", Duration::from_secs(25))?,
             retry_after_secs: env.positive_or("INGEST_RETRY_AFTER_SECS", 5)?,
         })

@@ -97,14 +97,7 @@ pub async fn start(
             source,
         })?;
 
-    let verifier = auth::Verifier::new(
-        config.webhook_keys.clone(),
-        config.webhook_url.clone(),
-        &config.url_tokens,
-        config.jwt_leeway,
-    );
     let ingest = Arc::new(server::Ingest {
-        verifier,
         jetstream,
         in_flight: Semaphore::new(config.max_concurrent_requests),
         config,
@@ -112,8 +105,8 @@ pub async fn start(
     readiness.set_started(true);
     tracing::info!(
         addr = %addr,
-        jwt_mode = ingest.verifier.jwt_enabled(),
-        url_token_mode = ingest.verifier.url_tokens_enabled(),
+        jwt_mode = ingest.config.verifier.jwt_enabled(),
+        url_token_mode = ingest.config.verifier.url_tokens_enabled(),
         "gong-ingest accepting webhooks"
     );
     let task = tokio::spawn(serve(listener, ingest, readiness, shutdown));

@@ -20,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::auth::{AuthError, Verifier};
+use crate::auth::AuthError;
 use crate::config::IngestConfig;
 use crate::metrics;
 
@@ -30,7 +30,6 @@ const TOKEN_PREFIX: &str = "/webhooks/gong/";
 
 /// Shared by every connection.
 pub struct Ingest {
-    pub(crate) verifier: Verifier,
     pub(crate) jetstream: jetstream::Context,
     pub(crate) config: IngestConfig,
     pub(crate) in_flight: Semaphore,
@@ -135,7 +134,8 @@ impl Ingest {
             if request.method() == Method::POST {
                 // Checked before the body is read (no tokens configured: none matches); the
                 // token itself is never logged.
-                self.verifier
+                self.config
+                    .verifier
                     .verify_url_token(token)
                     .map_err(Reject::unauthorized)?;
             }
@@ -159,7 +159,7 @@ impl Ingest {
 
         // JWT mode: the header is checked for shape and algorithm before the body is read.
         let authorization = if let AuthMode::Jwt = mode {
-            if !self.verifier.jwt_enabled() {
+            if !self.config.verifier.jwt_enabled() {
                 return Err(Reject::new(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -175,6 +175,7 @@ impl Ingest {
                 return Err(Reject::unauthorized(AuthError::MultipleAuthorization));
             }
             let jwt = self
+                .config
                 .verifier
                 .precheck_jwt(first.as_bytes())
                 .map_err(Reject::unauthorized)?;
@@ -204,7 +205,8 @@ impl Ingest {
         // One hash of the raw bytes serves the body_sha256 check and the event id.
         let event_id = gong_common::event::content_id(&body);
         if let Some(jwt) = &authorization {
-            self.verifier
+            self.config
+                .verifier
                 .verify_prechecked(jwt, &event_id)
                 .map_err(Reject::unauthorized)?;
         }

@@ -9,6 +9,8 @@
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
 //! - [`shutdown`]: the SIGINT/SIGTERM future and the exit codes.
+//! - [`lease`]: one active replica among several (KV lease, hot standbys).
+//! - [`register`]: a single-key compare-and-set register, atomic on nats-server 2.9 clusters.
 //! - [`nats`]: connecting to NATS and building a bounded JetStream context.
 //! - [`ack`]: the one place where a message's [`ack::Outcome`] becomes ack, nak or dead-letter.
 //! - [`dlq`]: publishing to `GONG_DLQ` with the reason in headers, and the operator tools.
@@ -21,8 +23,10 @@ pub mod config;
 pub mod dlq;
 pub mod event;
 pub mod gong;
+pub mod lease;
 pub mod names;
 pub mod nats;
+pub mod register;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

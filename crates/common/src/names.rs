@@ -72,6 +72,11 @@ pub const CONSUMER_LOAD: &str = "load";
 
 /// KV bucket holding the deployment-wide Gong quota (per second and per UTC day).
 pub const BUCKET_GONG_QUOTA: &str = "gong_quota";
+/// Prefix of the lease buckets: `gong_lease_<job>`, one per job that only one replica may run
+/// at a time. See `lease.rs`.
+pub const BUCKET_LEASE_PREFIX: &str = "gong_lease_";
+/// The live loader's lease (`gong_lease_load`).
+pub const LEASE_LOAD: &str = "load";
 /// KV bucket where the loader records the sequence range of a batch before writing it.
 pub const BUCKET_LOAD_RANGES: &str = "gong_load_ranges";
 

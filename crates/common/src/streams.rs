@@ -162,6 +162,122 @@ pub enum ProvisionError {
     },
 }
 
+impl ProvisionError {
+    /// The underlying NATS error.
+    fn cause(&self) -> &async_nats::Error {
+        match self {
+            ProvisionError::CreateStream { source, .. }
+            | ProvisionError::UpdateStream { source, .. }
+            | ProvisionError::KeyValue { source, .. } => source,
+        }
+    }
+
+    /// True when a later attempt may succeed: timeouts, no responders, a cluster still forming
+    /// or electing leaders, a stream or bucket a peer is creating right now. False for what
+    /// only an operator can fix: permissions, a configuration the server refuses (a stream of
+    /// the same name with other settings, overlapping subjects, too many replicas for the
+    /// cluster), limits of the account.
+    pub fn is_retryable(&self) -> bool {
+        is_transient(self.cause().as_ref())
+    }
+}
+
+/// JetStream API error codes that no retry fixes (nats-server's `JSErrCodes`).
+const PERMANENT_API_ERRORS: &[u64] = &[
+    10002, // account resources exceeded
+    10003, // bad request
+    10025, // invalid JSON
+    10027, // maximum streams limit
+    10035, // no account
+    10039, // JetStream not enabled for the account
+    10052, // stream configuration invalid
+    10056, // stream mismatch
+    10058, // stream name already in use with a different configuration
+    10061, // replicas cannot be changed
+    10065, // subjects overlap with an existing stream
+    10074, // replicas > 1 not supported in non-clustered mode
+];
+
+/// Classifies a NATS error chain: false for permission violations and the API errors in
+/// [`PERMANENT_API_ERRORS`], true otherwise (timeouts, no responders, cluster not ready...).
+pub fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut text = String::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(err) = current {
+        text.push_str(&err.to_string());
+        text.push('\n');
+        current = err.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("permission") || lower.contains("authorization violation") {
+        return false;
+    }
+    let code = lower.split("error code ").skip(1).find_map(|rest| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u64>().ok()
+    });
+    !code.is_some_and(|code| PERMANENT_API_ERRORS.contains(&code))
+}
+
+/// A start-up step's error that can say whether retrying may help.
+pub trait Retryable {
+    /// True when the same step may succeed later.
+    fn is_retryable(&self) -> bool;
+}
+
+impl Retryable for ProvisionError {
+    fn is_retryable(&self) -> bool {
+        ProvisionError::is_retryable(self)
+    }
+}
+
+/// Runs a start-up step (connect, provision streams, buckets and consumers) until it succeeds,
+/// retrying retryable errors with capped exponential backoff while `readiness` reports the
+/// step as a fault (so `/readyz` says why the stage is not ready). A fresh cluster answers
+/// `jetstream request timed out` or `no stream found` for a while; a stage that exits then
+/// only gets restarted with growing back-off. Returns the first error no retry can fix, or
+/// `Ok(None)` when `shutdown` is cancelled first.
+pub async fn provision_with_retry<T, E, F, Fut>(
+    step: &str,
+    readiness: &crate::admin::Readiness,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut attempt: F,
+) -> Result<Option<T>, E>
+where
+    E: Retryable + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            outcome = attempt() => outcome,
+        };
+        match outcome {
+            Ok(value) => {
+                if attempts > 1 {
+                    tracing::info!(step, attempts, "provisioned after retries");
+                }
+                readiness.set_fault(None);
+                return Ok(Some(value));
+            }
+            Err(err) if err.is_retryable() => {
+                tracing::warn!(step, attempts, error = %err, backoff_ms = backoff.as_millis() as u64, "provisioning failed, retrying");
+                readiness.set_fault(Some(format!("provisioning ({step}): {err}")));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Creates the streams that are missing and brings the limits of existing ones to `settings`.
 pub async fn ensure_streams(
     jetstream: &jetstream::Context,
@@ -232,6 +348,12 @@ pub async fn ensure_pull_consumer(
 /// `jetstream.create_key_value` fails against nats-server 2.9 (it reads an account-info field the
 /// old server does not send), so the bucket's backing stream is created by hand with the settings
 /// a KV bucket needs, then opened with `get_key_value`.
+///
+/// The bucket is made **without direct gets** (`allow_direct: false`), and an existing bucket
+/// that has them is updated: with direct gets any replica of an R3 bucket may answer a read,
+/// including a follower that has not yet applied the newest write, and the buckets hold
+/// decisions (range claims, the Gong quota, leases). Without them async-nats reads through
+/// `STREAM.MSG.GET`, which the stream leader answers.
 pub async fn ensure_kv(
     jetstream: &jetstream::Context,
     bucket: &str,
@@ -239,6 +361,10 @@ pub async fn ensure_kv(
     max_age: Duration,
     settings: &StreamSettings,
 ) -> Result<jetstream::kv::Store, ProvisionError> {
+    let kv_error = |err: async_nats::Error| ProvisionError::KeyValue {
+        bucket: bucket.to_string(),
+        source: err,
+    };
     let config = stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -247,7 +373,7 @@ pub async fn ensure_kv(
         discard: stream::DiscardPolicy::New,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        allow_direct: false,
         storage: settings.storage,
         num_replicas: settings.replicas,
         duplicate_window: Duration::from_secs(120).min(if max_age.is_zero() {
@@ -257,18 +383,26 @@ pub async fn ensure_kv(
         }),
         ..Default::default()
     };
-    jetstream
-        .get_or_create_stream(config)
+    let mut existing = jetstream
+        .get_or_create_stream(config.clone())
         .await
-        .map_err(|err| ProvisionError::KeyValue {
-            bucket: bucket.to_string(),
-            source: err.into(),
-        })?;
+        .map_err(|err| kv_error(err.into()))?;
+    let info = existing.info().await.map_err(|err| kv_error(err.into()))?;
+    if info.config.allow_direct || info.config.num_replicas != config.num_replicas {
+        let mut updated = info.config.clone();
+        updated.allow_direct = false;
+        updated.num_replicas = config.num_replicas;
+        jetstream
+            .update_stream(updated)
+            .await
+            .map_err(|err| kv_error(err.into()))?;
+        tracing::info!(
+            bucket,
+            "key-value bucket updated: reads go through the stream leader"
+        );
+    }
     jetstream
         .get_key_value(bucket)
         .await
-        .map_err(|err| ProvisionError::KeyValue {
-            bucket: bucket.to_string(),
-            source: err.into(),
-        })
+        .map_err(|err| kv_error(err.into()))
 }

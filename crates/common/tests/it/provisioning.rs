@@ -62,6 +62,37 @@ async fn kv_bucket_works_on_the_old_server_with_compare_and_set() {
         .await
         .unwrap();
     assert_eq!(again.get("key").await.unwrap().unwrap().as_ref(), b"two");
+    let mut backing = jetstream.get_stream("KV_test_bucket").await.unwrap();
+    assert!(!backing.info().await.unwrap().config.allow_direct);
+}
+
+#[tokio::test]
+async fn a_bucket_made_with_direct_gets_loses_them() {
+    let nats = NatsServer::start_new();
+    let jetstream = nats.jetstream().await;
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "KV_old_bucket".to_string(),
+            subjects: vec!["$KV.old_bucket.>".to_string()],
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            allow_rollup: true,
+            deny_delete: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    ensure_kv(
+        &jetstream,
+        "old_bucket",
+        1,
+        Duration::ZERO,
+        &StreamSettings::default(),
+    )
+    .await
+    .unwrap();
+    let mut backing = jetstream.get_stream("KV_old_bucket").await.unwrap();
+    assert!(!backing.info().await.unwrap().config.allow_direct);
 }
 
 #[tokio::test]
@@ -115,4 +146,90 @@ async fn pull_consumers_are_updated_in_place_or_kept_when_the_server_refuses() {
         ..Default::default()
     };
     assert!(ensure_pull_consumer(&missing, invalid).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_waits_for_a_cluster_that_has_no_quorum_yet() {
+    use gong_common::admin::Readiness;
+    use gong_common::streams::provision_with_retry;
+    use gong_testkit::cluster::NatsCluster;
+    use tokio_util::sync::CancellationToken;
+
+    let mut cluster = NatsCluster::start(3);
+    cluster.wait_jetstream(Duration::from_secs(60)).await;
+    // Two of three nodes down: no quorum, JetStream requests time out or are refused.
+    cluster.stop_node(1);
+    cluster.stop_node(2);
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(cluster.node(0).url())
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(500))
+        .build(client);
+    let settings = StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    };
+    let readiness = Readiness::new(vec![]);
+    let shutdown = CancellationToken::new();
+    let provisioning = {
+        let readiness = readiness.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            provision_with_retry("streams", &readiness, &shutdown, || {
+                ensure_streams(&jetstream, &settings, &StreamKind::ALL)
+            })
+            .await
+        })
+    };
+    // Not ready, and saying why, while it retries.
+    gong_testkit::wait_until(Duration::from_secs(30), "a provisioning fault", || {
+        let readiness = readiness.clone();
+        async move {
+            readiness
+                .fault()
+                .filter(|fault| fault.contains("provisioning"))
+        }
+    })
+    .await;
+    assert!(!provisioning.is_finished(), "gave up without quorum");
+    cluster.start_node(1);
+    cluster.start_node(2);
+    let outcome = tokio::time::timeout(Duration::from_secs(90), provisioning)
+        .await
+        .expect("provisioned once the cluster has quorum")
+        .unwrap();
+    assert!(matches!(outcome, Ok(Some(()))), "{:?}", outcome.err());
+    assert_eq!(readiness.fault(), None);
+}
+
+#[tokio::test]
+async fn provisioning_stops_at_once_on_an_error_no_retry_fixes() {
+    use gong_common::admin::Readiness;
+    use gong_common::streams::provision_with_retry;
+    use tokio_util::sync::CancellationToken;
+
+    let nats = NatsServer::start_new();
+    let jetstream = nats.jetstream().await;
+    // Three replicas on a server that is not clustered: refused for good.
+    let settings = StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    };
+    let mut attempts = 0;
+    let outcome = provision_with_retry(
+        "streams",
+        &Readiness::new(vec![]),
+        &CancellationToken::new(),
+        || {
+            attempts += 1;
+            ensure_streams(&jetstream, &settings, &[StreamKind::Raw])
+        },
+    )
+    .await;
+    let err = outcome.expect_err("a permanent error is returned");
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(attempts, 1);
 }

@@ -1,6 +1,6 @@
-//! The webhook path before anything is stored: JWT precheck and verification against arbitrary
-//! Authorization values and bodies, then body classification. Must never panic, and must never
-//! accept a token not signed by the configured key.
+//! The webhook path before anything is stored: JWT header verification and the body check
+//! against arbitrary Authorization values and bodies, then body classification. Must never
+//! panic, and must never accept a token not signed by the configured key.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let (authorization, body) = rest.split_at((first as usize).min(rest.len()));
     let verifier = verifier();
-    let _ = verifier.precheck_jwt(authorization);
+    let _ = verifier.verify_header(authorization);
     // The fuzzer cannot forge an RS256 signature: acceptance would be a bug.
     assert!(verifier.verify_jwt(authorization, body).is_err());
     let _ = verifier.verify_url_token(&String::from_utf8_lossy(authorization));

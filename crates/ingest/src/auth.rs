@@ -8,6 +8,12 @@
 //! normalisation, `exp` in the future within a small leeway. Header fields such as `kid`, `jku`
 //! or `x5u` are ignored: keys come from configuration only, never from the token.
 //!
+//! The signature covers the header and the claims, not the body, so everything except
+//! `body_sha256` is checked from the `Authorization` header alone ([`Verifier::verify_header`]),
+//! before the request takes a slot or its body is read: a forged, expired or misdirected token
+//! costs one RSA verification and no body bytes. Only then is the body read and its hash compared
+//! with the signed claim ([`VerifiedJwt::check_body`]).
+//!
 //! Signatures are checked with aws-lc-rs against keys parsed once at start
 //! ([`aws_lc_rs::signature::ParsedPublicKey`] keeps the RSA Montgomery context between requests;
 //! verifying through a per-call parse costs several times more CPU per webhook). The header is
@@ -183,10 +189,26 @@ struct Claims {
     nbf: Option<serde_json::Value>,
 }
 
-/// A token whose size, shape and algorithm passed [`Verifier::precheck_jwt`]; its signature
-/// and claims are checked by [`Verifier::verify_prechecked`] once the body is read.
+/// A token whose signature, `exp`/`nbf` and `webhook_url` verified from the `Authorization`
+/// header alone ([`Verifier::verify_header`]); what is left is its `body_sha256` claim, checked
+/// by [`VerifiedJwt::check_body`] once the body is read.
 #[derive(Debug)]
-pub struct PrecheckedJwt(String);
+pub struct VerifiedJwt {
+    /// The claim, lowercase hex (64 characters).
+    body_sha256: String,
+}
+
+impl VerifiedJwt {
+    /// Compares the signed `body_sha256` with the lowercase hex SHA-256 of the body read, in
+    /// constant time (the request path hashes the body once, for this check and the event id).
+    pub fn check_body(&self, body_sha256: &str) -> Result<(), AuthError> {
+        if bool::from(self.body_sha256.as_bytes().ct_eq(body_sha256.as_bytes())) {
+            Ok(())
+        } else {
+            Err(AuthError::BodyHashMismatch)
+        }
+    }
+}
 
 /// Verifies requests; built once from the configuration, shared by every connection. Holds
 /// URL tokens only as digests; `Debug` prints counts, never keys or tokens.
@@ -242,52 +264,48 @@ impl Verifier {
         !self.token_digests.is_empty()
     }
 
-    /// Checks the JWT-independent part of a token before the body is read: size and algorithm.
-    /// Lets hostile requests be refused without reading their bodies.
-    pub fn precheck_jwt(&self, authorization: &[u8]) -> Result<PrecheckedJwt, AuthError> {
+    /// Verifies everything a JWT says without the body: RS256 only, the signature with one of
+    /// the configured keys, `exp` and `nbf` within the leeway, `webhook_url` equal to the
+    /// configured destination, and a well-formed `body_sha256` claim. The signature covers only
+    /// the header and the claims, so a forged or stale token is refused here, before a request
+    /// slot is taken or a byte of the body is read.
+    pub fn verify_header(&self, authorization: &[u8]) -> Result<VerifiedJwt, AuthError> {
         let token = strip_bearer(authorization)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::MalformedToken)?;
         if header.alg != Algorithm::RS256 {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        Ok(PrecheckedJwt(token.to_string()))
-    }
+        let claims = self.decode_with_any_key(token)?;
 
-    /// Verifies Gong's JWT for `body`.
-    pub fn verify_jwt(&self, authorization: &[u8], body: &[u8]) -> Result<(), AuthError> {
-        let jwt = self.precheck_jwt(authorization)?;
-        self.verify_prechecked(&jwt, &gong_common::event::content_id(body))
-    }
-
-    /// Verifies a prechecked token's signature and claims for a body whose lowercase hex
-    /// SHA-256 is `body_sha256` (the request path hashes the body once, for this check and for
-    /// the event id).
-    pub fn verify_prechecked(
-        &self,
-        jwt: &PrecheckedJwt,
-        body_sha256: &str,
-    ) -> Result<(), AuthError> {
-        let claims = self.decode_with_any_key(&jwt.0)?;
-
-        let Some(serde_json::Value::String(claimed_hash)) = claims.body_sha256 else {
+        let Some(serde_json::Value::String(mut claimed_hash)) = claims.body_sha256 else {
             return Err(AuthError::MissingClaim("body_sha256"));
         };
-        let claimed_hash = claimed_hash.to_ascii_lowercase();
-        if !bool::from(claimed_hash.as_bytes().ct_eq(body_sha256.as_bytes())) {
-            return Err(AuthError::BodyHashMismatch);
+        // Not a hex SHA-256: no body can match it, so there is no point reading one.
+        if claimed_hash.len() != 64 || !claimed_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AuthError::MissingClaim("body_sha256"));
         }
+        claimed_hash.make_ascii_lowercase();
 
         let Some(serde_json::Value::String(claimed_url)) = claims.webhook_url else {
             return Err(AuthError::MissingClaim("webhook_url"));
         };
         match (&self.webhook_url, normalize_url(&claimed_url)) {
-            (Some(expected), Some(claimed)) if *expected == claimed => Ok(()),
+            (Some(expected), Some(claimed)) if *expected == claimed => Ok(VerifiedJwt {
+                body_sha256: claimed_hash,
+            }),
             _ => Err(AuthError::WebhookUrlMismatch),
         }
     }
 
+    /// Verifies Gong's JWT for `body`: [`Verifier::verify_header`], then
+    /// [`VerifiedJwt::check_body`] (the request path does the two steps around reading the body).
+    pub fn verify_jwt(&self, authorization: &[u8], body: &[u8]) -> Result<(), AuthError> {
+        self.verify_header(authorization)?
+            .check_body(&gong_common::event::content_id(body))
+    }
+
     /// Checks the signature with every configured key, then `exp` and `nbf`; returns the claims.
-    /// The caller has checked the header's `alg` (RS256) in [`Verifier::precheck_jwt`].
+    /// The caller has checked the header's `alg` (RS256).
     fn decode_with_any_key(&self, token: &str) -> Result<Claims, AuthError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
@@ -560,6 +578,66 @@ mod tests {
             verifier().verify_jwt(token.as_bytes(), body),
             Err(AuthError::BadSignature)
         );
+    }
+
+    #[test]
+    fn forged_and_stale_tokens_fail_from_the_header_alone() {
+        // No body is involved: verify_header must refuse these before the body would be read.
+        let body = b"x";
+        let cases = [
+            (
+                TestKey::snowflake().sign_webhook(body, URL, 300),
+                AuthError::BadSignature,
+            ),
+            (
+                TestKey::rule_a().sign_webhook(body, URL, -3600),
+                AuthError::Expired,
+            ),
+            (
+                TestKey::rule_a().sign_webhook(body, "https://evil.example.com/webhooks/gong", 300),
+                AuthError::WebhookUrlMismatch,
+            ),
+        ];
+        for (token, expected) in cases {
+            assert_eq!(
+                verifier().verify_header(token.as_bytes()).err(),
+                Some(expected)
+            );
+        }
+        let claims = serde_json::to_value(GongClaims::for_body(body, URL, 300)).unwrap();
+        let none = unsigned_token(r#"{"alg":"none","typ":"JWT"}"#, &claims, b"");
+        assert!(verifier().verify_header(none.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_verified_header_still_needs_the_signed_body() {
+        let body = b"signed body";
+        let token = TestKey::rule_a().sign_webhook(body, URL, 300);
+        let verified = verifier().verify_header(token.as_bytes()).unwrap();
+        let hash = gong_common::event::content_id(body);
+        assert_eq!(verified.check_body(&hash), Ok(()));
+        assert_eq!(
+            verified.check_body(&gong_common::event::content_id(b"other body")),
+            Err(AuthError::BodyHashMismatch)
+        );
+        assert_eq!(
+            verified.check_body(&hash[..63]),
+            Err(AuthError::BodyHashMismatch)
+        );
+    }
+
+    #[test]
+    fn a_body_sha256_that_is_no_hash_is_refused_before_the_body() {
+        for bad in ["", "abc", &"g".repeat(64), &"a".repeat(65)] {
+            let mut claims = GongClaims::for_body(b"x", URL, 300);
+            claims.body_sha256 = Some(bad.to_string());
+            let token = TestKey::rule_a().sign(&claims);
+            assert_eq!(
+                verifier().verify_header(token.as_bytes()).err(),
+                Some(AuthError::MissingClaim("body_sha256")),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - `main.rs`: glue (config, tracing, signals, exit codes).
 //! - `config.rs`: [`config::IngestConfig`] from the environment.
 //! - `error.rs`: [`error::IngestError`], named after the failing step.
-//! - `server.rs`: the request loop: route, read, authenticate, publish, answer.
+//! - `server.rs`: the request loop: route, authenticate the head, take a slot, read the body,
+//!   check its hash, publish, answer.
 //! - `auth.rs`: Gong's signed-JWT and URL-token checks.
 //! - `metrics.rs`: `gong_ingest_*` metrics.
 

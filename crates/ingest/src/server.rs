@@ -1,4 +1,10 @@
-//! The webhook server: routing, body limits, authentication, publishing, answers.
+//! The webhook server: routing, authentication, body limits, publishing, answers.
+//!
+//! A request is authenticated from its head first (URL token, or the JWT's signature, expiry
+//! and destination), before it takes one of `INGEST_MAX_CONCURRENT_REQUESTS` slots and before
+//! its body is read; only then is the body read (capped, timed) and compared with the signed
+//! `body_sha256`. A forged request never holds a slot, and its body is not read beyond the small
+//! amount `discard_unread_body` throws away.
 //!
 //! Every request ends in exactly one of: 202 after JetStream's publish ack (to `GONG_RAW`, or to
 //! `GONG_DLQ` for authentic but unparseable bodies), a 4xx with `{error, reason}` and nothing
@@ -6,7 +12,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
@@ -20,7 +26,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, VerifiedJwt};
 use crate::config::IngestConfig;
 use crate::metrics;
 
@@ -127,13 +133,62 @@ impl Ingest {
         &self,
         request: Request<Incoming>,
     ) -> Result<(&'static str, HttpResponse), Reject> {
+        // Everything that can be decided from the head is decided before a request slot is taken
+        // and before the body is read: a forged request costs one RSA verification, no slot, and
+        // at most DISCARD_MAX_BYTES of reading (see `discard_unread_body`).
+        let head = self.authenticate_head(&request).and_then(|authenticated| {
+            check_declared_length(&request, self.config.max_body_bytes)?;
+            Ok(authenticated)
+        });
+        let (mode, jwt) = match head {
+            Ok(authenticated) => authenticated,
+            Err(reject) => {
+                discard_unread_body(request);
+                return Err(reject);
+            }
+        };
+
+        let _permit = match self.in_flight.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                discard_unread_body(request);
+                return Err(Reject::unavailable(
+                    "too many requests in flight",
+                    self.config.retry_after_secs,
+                    "overloaded",
+                ));
+            }
+        };
+        metrics::in_flight(
+            self.config
+                .max_concurrent_requests
+                .saturating_sub(self.in_flight.available_permits()),
+        );
+
+        let body = self.read_body(request).await?;
+
+        // One hash of the raw bytes serves the body_sha256 check and the event id.
+        let event_id = gong_common::event::content_id(&body);
+        if let Some(jwt) = &jwt {
+            jwt.check_body(&event_id).map_err(Reject::unauthorized)?;
+        }
+
+        self.store(mode, body, event_id).await
+    }
+
+    /// Routes a request and authenticates it from its head alone: the URL token, or the JWT's
+    /// algorithm, signature, `exp`/`nbf` and `webhook_url`. What is left for the body is the
+    /// returned token's `body_sha256`.
+    fn authenticate_head(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<(AuthMode, Option<VerifiedJwt>), Reject> {
         let path = request.uri().path();
         let mode = if path == JWT_PATH || path == TOKEN_PREFIX {
             AuthMode::Jwt
         } else if let Some(token) = path.strip_prefix(TOKEN_PREFIX).filter(|t| !t.contains('/')) {
             if request.method() == Method::POST {
-                // Checked before the body is read (no tokens configured: none matches); the
-                // token itself is never logged.
+                // No tokens configured: none matches. The token itself is never logged.
                 self.config
                     .verifier
                     .verify_url_token(token)
@@ -156,92 +211,35 @@ impl Ingest {
                 "method_not_allowed",
             ));
         }
-
-        // JWT mode: the header is checked for shape and algorithm before the body is read.
-        let authorization = if let AuthMode::Jwt = mode {
-            if !self.config.verifier.jwt_enabled() {
-                return Err(Reject::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "signed-JWT mode is not configured on this server",
-                    "not_found",
-                ));
-            }
-            let mut values = request.headers().get_all(AUTHORIZATION).iter();
-            let first = values
-                .next()
-                .ok_or_else(|| Reject::unauthorized(AuthError::MissingAuthorization))?;
-            if values.next().is_some() {
-                return Err(Reject::unauthorized(AuthError::MultipleAuthorization));
-            }
-            let jwt = self
-                .config
-                .verifier
-                .precheck_jwt(first.as_bytes())
-                .map_err(Reject::unauthorized)?;
-            Some(jwt)
-        } else {
-            None
+        let AuthMode::Jwt = mode else {
+            return Ok((mode, None));
         };
-
-        let _permit = match self.in_flight.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => {
-                return Err(Reject::unavailable(
-                    "too many requests in flight",
-                    self.config.retry_after_secs,
-                    "overloaded",
-                ));
-            }
-        };
-        metrics::in_flight(
-            self.config
-                .max_concurrent_requests
-                .saturating_sub(self.in_flight.available_permits()),
-        );
-
-        let body = self.read_body(request).await?;
-
-        // One hash of the raw bytes serves the body_sha256 check and the event id.
-        let event_id = gong_common::event::content_id(&body);
-        if let Some(jwt) = &authorization {
-            self.config
-                .verifier
-                .verify_prechecked(jwt, &event_id)
-                .map_err(Reject::unauthorized)?;
+        if !self.config.verifier.jwt_enabled() {
+            return Err(Reject::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "signed-JWT mode is not configured on this server",
+                "not_found",
+            ));
         }
-
-        self.store(mode, body, event_id).await
+        let mut values = request.headers().get_all(AUTHORIZATION).iter();
+        let first = values
+            .next()
+            .ok_or_else(|| Reject::unauthorized(AuthError::MissingAuthorization))?;
+        if values.next().is_some() {
+            return Err(Reject::unauthorized(AuthError::MultipleAuthorization));
+        }
+        let jwt = self
+            .config
+            .verifier
+            .verify_header(first.as_bytes())
+            .map_err(Reject::unauthorized)?;
+        Ok((mode, Some(jwt)))
     }
 
+    /// Reads the body within the cap and the body timeout.
     async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, Reject> {
         let max = self.config.max_body_bytes;
-        let too_large = || {
-            Reject::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("body exceeds {max} bytes"),
-                "too_large",
-            )
-        };
-        if let Some(length) = request.headers().get(CONTENT_LENGTH) {
-            let declared = length
-                .to_str()
-                .ok()
-                .and_then(|text| text.parse::<u64>().ok());
-            match declared {
-                Some(declared) if declared > max as u64 => return Err(too_large()),
-                Some(_) => {}
-                None => {
-                    return Err(Reject::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "invalid Content-Length",
-                        "bad_request",
-                    ))
-                }
-            }
-        }
         let limited = Limited::new(request.into_body(), max);
         match tokio::time::timeout(self.config.body_timeout, limited.collect()).await {
             Err(_) => Err(Reject::new(
@@ -250,7 +248,7 @@ impl Ingest {
                 "body not received in time",
                 "timeout",
             )),
-            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
             Ok(Err(_)) => Err(Reject::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -387,6 +385,72 @@ impl Ingest {
     }
 }
 
+/// Largest declared body of a refused request that is still read (and thrown away) after the
+/// answer, so that a sender that reads the answer only once its upload is done sees it, and the
+/// connection stays usable. Gong's webhooks are well under it.
+pub const DISCARD_MAX_BYTES: u64 = 256 * 1024;
+
+/// How long such a discarded body may take to arrive before the connection is closed.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What becomes of the body of a request answered without reading it (refused from its head, or
+/// over the request bound). A small declared body is read and thrown away in the background,
+/// holding no request slot and no bytes, within [`DISCARD_TIMEOUT`]. Anything else (larger, or
+/// no `Content-Length`) is not read at all: dropping it makes hyper take what is already
+/// buffered and otherwise close the connection after the answer, so a forged 5 MiB upload is
+/// cut off rather than read.
+fn discard_unread_body(request: Request<Incoming>) {
+    if !reads_to_discard(request.headers()) {
+        return;
+    }
+    let mut body = request.into_body();
+    tokio::spawn(async move {
+        // hyper stops at the declared length, so at most DISCARD_MAX_BYTES are read.
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
+    });
+}
+
+/// Whether an unread body is small enough to be read and thrown away (see
+/// [`discard_unread_body`]): a declared length of 1 to [`DISCARD_MAX_BYTES`].
+fn reads_to_discard(request_headers: &hyper::HeaderMap) -> bool {
+    request_headers
+        .get(CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|declared| declared > 0 && declared <= DISCARD_MAX_BYTES)
+}
+
+fn too_large(max: usize) -> Reject {
+    Reject::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("body exceeds {max} bytes"),
+        "too_large",
+    )
+}
+
+/// Refuses a declared `Content-Length` over the cap (or not a number) before the body is read.
+/// Bodies without one are cut at the cap while they are read.
+fn check_declared_length(request: &Request<Incoming>, max: usize) -> Result<(), Reject> {
+    let Some(length) = request.headers().get(CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    match length
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+    {
+        Some(declared) if declared > max as u64 => Err(too_large(max)),
+        Some(_) => Ok(()),
+        None => Err(Reject::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid Content-Length",
+            "bad_request",
+        )),
+    }
+}
+
 /// What ingest needs from a body: enough to route it. Everything else is the enricher's job.
 #[derive(Deserialize)]
 struct Probe {
@@ -499,6 +563,27 @@ mod tests {
             assert!(reason.starts_with("body is not a JSON webhook"), "{reason}");
             assert!(reason.chars().count() <= gong_common::dlq::MAX_DETAIL_CHARS);
         }
+    }
+
+    #[test]
+    fn only_small_declared_bodies_are_read_to_be_discarded() {
+        let with_length = |length: &str| {
+            let mut map = hyper::HeaderMap::new();
+            map.insert(CONTENT_LENGTH, HeaderValue::from_str(length).unwrap());
+            map
+        };
+        assert!(reads_to_discard(&with_length("1")));
+        assert!(reads_to_discard(&with_length(
+            &DISCARD_MAX_BYTES.to_string()
+        )));
+        // A forged 5 MiB upload, or one of unknown length, is cut off rather than read.
+        assert!(!reads_to_discard(&with_length(
+            &(DISCARD_MAX_BYTES + 1).to_string()
+        )));
+        assert!(!reads_to_discard(&with_length("5242880")));
+        assert!(!reads_to_discard(&with_length("0")));
+        assert!(!reads_to_discard(&with_length("nonsense")));
+        assert!(!reads_to_discard(&hyper::HeaderMap::new()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod support;
 
 mod auth_modes;
+mod bounds;
 mod hostile;
 mod outages;
 mod process;

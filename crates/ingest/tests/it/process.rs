@@ -78,7 +78,8 @@ async fn url_token_never_reaches_logs_and_sigterm_exits_cleanly() {
         .await
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
-    // Refused after taking an in-flight slot: the gauge must come back down.
+    // Refused from its declared length, before taking an in-flight slot: the gauge stays at 0
+    // (bounds.rs has requests refused after taking one).
     let too_large = http
         .post(format!("http://127.0.0.1:{port}/webhooks/gong/{URL_TOKEN}"))
         .body(vec![b' '; 5000])

@@ -51,8 +51,10 @@ pub struct QuotaConfig {
     /// `ENRICH_BACKFILL_DAILY_RESERVE` (default `10%`, or a number of requests): the part of the
     /// daily quota replays never touch, kept for live enrichment.
     pub backfill_reserve: u64,
-    /// `ENRICH_RATE_LIMIT_MARGIN` (default `100ms`): added to the one-second window to absorb
-    /// network jitter and clock differences between replicas.
+    /// `ENRICH_RATE_LIMIT_MARGIN` (default `100ms`, at least `20ms`): added to the one-second
+    /// window to absorb the time between a slot's write reaching the NATS server and the request
+    /// reaching Gong. A slot whose write took longer than half of it to be acknowledged is not
+    /// used (see [`crate::rate_limit`]).
     pub margin: Duration,
     /// `ENRICH_QUOTA_MAX_HOLD` (default `30s`): a pause ordered by Gong (429 `Retry-After`)
     /// up to this long is waited out while holding the batch; longer ones hand it back.
@@ -219,11 +221,18 @@ impl EnrichConfig {
                 "must be a percentage such as 10% or a number of requests below GONG_DAILY_QUOTA",
             )
         })?;
+        let margin = env.duration_or("ENRICH_RATE_LIMIT_MARGIN", Duration::from_millis(100))?;
+        if margin < Duration::from_millis(20) {
+            return Err(ConfigError::new(
+                "ENRICH_RATE_LIMIT_MARGIN",
+                "must be at least 20ms (a slot is used only if its quota write took under half of it)",
+            ));
+        }
         let quota = QuotaConfig {
             rate_per_second,
             daily_quota,
             backfill_reserve,
-            margin: env.duration_or("ENRICH_RATE_LIMIT_MARGIN", Duration::from_millis(100))?,
+            margin,
             max_hold: env.duration_or("ENRICH_QUOTA_MAX_HOLD", Duration::from_secs(30))?,
         };
 
@@ -414,6 +423,7 @@ mod tests {
             ("ENRICH_ACK_WAIT", "10ms"),
             ("ENRICH_BATCH_LINGER_MAX", "500ms"),
             ("ENRICH_PACE_SLACK", "100%"),
+            ("ENRICH_RATE_LIMIT_MARGIN", "5ms"),
         ] {
             let err = EnrichConfig::from_env(&env(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{value}");

@@ -19,6 +19,9 @@
 //!
 //! `spent_today` is the deployment-wide day count of the `gong_quota` key (every replica and
 //! every replay), which restarts at 00:00 UTC, when `allowed_by_now` restarts at the slack too.
+//! Both take the time of day from the same clock: the NATS server time of the quota entry read
+//! ([`crate::rate_limit::Snapshot::at_ms`]), never the pod's, so every replica paces by the same
+//! day and hour as the count it reads.
 //! A pull still closes as soon as `ENRICH_BATCH_SIZE` events arrived, so a backlog is never
 //! slowed down, and no call waits for batching longer than `ENRICH_BATCH_LINGER_MAX`. With both
 //! lingers equal pacing is off. Only live enrichment is paced: a replay reads a recorded range,
@@ -55,8 +58,8 @@ impl Pacing {
         }
     }
 
-    /// Requests the even pace allows by `now_ms` (Unix milliseconds): the elapsed share of the
-    /// UTC day of the daily quota, rounded up, plus the slack.
+    /// Requests the even pace allows by `now_ms` (Unix milliseconds, the quota's server time):
+    /// the elapsed share of the UTC day of the daily quota, rounded up, plus the slack.
     pub fn allowed_by(&self, now_ms: i64) -> u64 {
         let into_day = now_ms.rem_euclid(DAY_MS as i64) as u128;
         let paced = (u128::from(self.daily_quota) * into_day).div_ceil(u128::from(DAY_MS));

@@ -1,34 +1,68 @@
 //! One Gong budget for the whole deployment, kept in the JetStream KV bucket `gong_quota`.
 //!
-//! Gong limits per company (3 requests in any second, 10,000 per day by default), not per
+//! Gong limits per company (3 requests in any second, 10,000 per UTC day by default), not per
 //! process, so every replica and every replay run takes its slots from one key holding
-//! [`QuotaState`]: the timestamps of the last `rate` requests, the UTC day and its count, and a
-//! pause ordered by Gong. A slot is taken by compare-and-set (`kv.create` for the first write,
-//! `kv.update` with the revision read): two replicas can never take the same slot.
+//! [`QuotaState`]: the times of the last `rate` requests, the UTC day and its count, and a pause
+//! ordered by Gong.
 //!
-//! A request may go only when the `rate`-th newest request is at least one second plus a safety
-//! margin old (the margin absorbs network jitter and clock differences between hosts; the
-//! timestamps are wall-clock milliseconds because they are compared across hosts).
-//! [`Priority::Backfill`] (replays) only takes a slot when one stays free for live enrichment in
-//! the current window, and stops at the daily quota minus a reserve.
+//! **One clock: the server's.** Every time in the state is a NATS server time: the timestamp
+//! JetStream gives each write of the key (the stream leader's clock when it proposed the write,
+//! stored unchanged on every replica). No pod's wall clock is compared with another's, so a pod
+//! whose clock is off by seconds (or on the other side of midnight) changes nothing:
+//! - a write that takes a slot records it as "made by this write" (`grants_in_this_write`); the
+//!   next reader resolves it to that write's server time ([`QuotaState::resolve`]), as it does a
+//!   Gong-ordered pause (`pause_ms_from_this_write`);
+//! - "now" is the server time of the entry read (`resolved_at_ms`): a lower bound of the server's
+//!   present, so "the window is free now" is concluded only when it was already free then. When
+//!   it was not, the limiter sleeps the difference (a local, monotonic duration) and then writes a
+//!   *tick* (the state with a counter bumped) to get a fresh server time, and checks again;
+//! - the UTC day, its count and the reset come from the same server time, so two pods never
+//!   disagree about which day it is. A request granted within the margin before midnight counts
+//!   on both days (Gong's clock and ours may differ by that much);
+//! - if the server time ever goes back (a new stream leader whose clock is behind), the state is
+//!   moved into the new clock's frame keeping every age it had, and the day never goes back.
+//!
+//! **Compare-and-set that holds on a cluster.** A slot is taken by a write conditional on the
+//! revision read, through [`gong_common::register::Register`]: on nats-server 2.9 a KV
+//! `update(key, value, revision)` is checked by the stream leader only before it proposes the
+//! write, so two concurrent updates of one revision can both succeed on an R3 bucket
+//! (nats-server#4320, fixed in 2.9.21); the register writes with `Nats-Expected-Last-Sequence`
+//! instead, which every replica checks when it applies the write, in log order. Reads go to the
+//! stream leader (the bucket has no direct gets).
+//!
+//! **A slot is used only if its write was quick.** The slot's time is when the server received
+//! the write; the request goes out after the write's ack. If that round trip took longer than
+//! half of `ENRICH_RATE_LIMIT_MARGIN` (a stream leader failing over mid-write can delay the ack by
+//! seconds), other replicas may already have counted the window from the recorded time, so the
+//! slot is left unused and another one is taken.
+//!
+//! A request may go only when the `rate`-th newest request is at least one second plus the margin
+//! old. [`Priority::Backfill`] (replays) only takes a slot when one stays free for live
+//! enrichment in the current window, and stops at the daily quota minus a reserve.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
-use async_nats::jetstream::kv;
 use bytes::Bytes;
 use chrono::{NaiveDate, Utc};
 use gong_common::names;
-use gong_common::streams::{ensure_kv, ProvisionError, StreamSettings};
+use gong_common::register::{Register, RegisterError};
+use gong_common::streams::{ProvisionError, StreamSettings};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::config::QuotaConfig;
 use crate::error::QuotaError;
 use crate::metrics;
 
-/// The key holding the whole state.
+/// The key holding the whole state (the only key of the bucket).
 pub const QUOTA_KEY: &str = "gong_api";
+
+/// How far a pod's clock may be from the server's before a warning (it changes no decision).
+const CLOCK_WARN_MS: i64 = 2_000;
 
 /// Who is asking for a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,26 +73,71 @@ pub enum Priority {
     Backfill,
 }
 
-/// The value stored under [`QUOTA_KEY`] (JSON).
+/// A pod's wall clock. The limiter decides nothing from it (every decision uses server times);
+/// it only compares it with the server's to warn about a pod whose clock is off. Injectable so
+/// tests can run replicas with skewed clocks.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// The value stored under [`QUOTA_KEY`] (JSON). Times are Unix milliseconds of the NATS server's
+/// clock, never a pod's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuotaState {
-    /// Unix milliseconds of the most recent requests, oldest first (at most `rate` kept).
+    /// Server times of the most recent requests, oldest first (at most `rate` kept).
     #[serde(default)]
     pub recent_ms: Vec<i64>,
-    /// The UTC day `day_count` belongs to (`YYYY-MM-DD`).
+    /// The UTC day (of server time) `day_count` belongs to (`YYYY-MM-DD`).
     #[serde(default)]
     pub day: String,
-    /// Requests sent on `day`.
+    /// Requests granted on `day`.
     #[serde(default)]
     pub day_count: u64,
-    /// No request before this (Unix milliseconds), ordered by a 429's `Retry-After`.
+    /// No request before this server time, ordered by a 429's `Retry-After`.
     #[serde(default)]
     pub paused_until_ms: i64,
+    /// The server time this state was resolved at: the time of the write before the one holding
+    /// it (a lower bound of the server's present when read).
+    #[serde(default)]
+    pub resolved_at_ms: i64,
+    /// Slots taken by the write holding this value. Their time is that write's server time,
+    /// which its writer cannot know; the next reader fills it in ([`QuotaState::resolve`]).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub grants_in_this_write: u32,
+    /// A pause ordered by Gong, in milliseconds from the server time of the write holding this
+    /// value (resolved like the grants).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub pause_ms_from_this_write: u64,
+    /// Writes made only to learn a fresh server time.
+    #[serde(default)]
+    pub ticks: u64,
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_zero_u64(value: &u64) -> bool {
+    *value == 0
 }
 
 impl QuotaState {
-    /// Requests spent on the UTC day of `now_ms` (Unix milliseconds): `day_count`, or 0 when the
-    /// stored count belongs to another day (the count restarts at 00:00 UTC, as in `on_day`).
+    /// Requests spent on the UTC day of `now_ms` (a server time): `day_count`, or 0 when the
+    /// stored count belongs to another day.
     pub fn spent_on_day_of(&self, now_ms: i64) -> u64 {
         if self.day == utc_day(now_ms) {
             self.day_count
@@ -67,12 +146,53 @@ impl QuotaState {
         }
     }
 
-    /// The state as seen on `today`: the day count restarts on a new UTC day.
-    fn on_day(mut self, today: &str) -> QuotaState {
-        if self.day != today {
-            self.day = today.to_string();
-            self.day_count = 0;
+    /// The state as it stands once the write holding it is known to have happened at
+    /// `written_at_ms` (the entry's server time): this write's grants and pause get that time,
+    /// the day rolls over, and at most `keep` recent grants are kept.
+    ///
+    /// If the server time went back (a new stream leader whose clock is behind), the state is
+    /// moved into the new clock's frame with every age it had at the previous write (real time
+    /// only ever passed, so this errs on the safe side) and the day is kept until the new clock
+    /// reaches the next one.
+    pub fn resolve(mut self, written_at_ms: i64, keep: usize, margin_ms: i64) -> QuotaState {
+        if written_at_ms < self.resolved_at_ms {
+            let back = self.resolved_at_ms - written_at_ms;
+            for at in &mut self.recent_ms {
+                *at -= back;
+            }
+            if self.paused_until_ms > 0 {
+                self.paused_until_ms -= back;
+            }
         }
+        let now = written_at_ms;
+        let today = utc_day(now);
+        // ISO dates compare as strings; an unreadable day restarts the count.
+        if self.day.len() != today.len() || today > self.day {
+            let midnight = start_of_utc_day(now);
+            // Granted just before midnight: Gong's clock may already count it on the new day.
+            self.day_count = self
+                .recent_ms
+                .iter()
+                .filter(|at| (midnight - margin_ms..midnight).contains(*at))
+                .count() as u64;
+            self.day = today;
+        }
+        for _ in 0..self.grants_in_this_write {
+            self.recent_ms.push(now);
+        }
+        self.day_count += u64::from(self.grants_in_this_write);
+        if self.pause_ms_from_this_write > 0 {
+            self.paused_until_ms = self
+                .paused_until_ms
+                .max(now.saturating_add(self.pause_ms_from_this_write as i64));
+        }
+        self.grants_in_this_write = 0;
+        self.pause_ms_from_this_write = 0;
+        self.recent_ms.sort_unstable();
+        if self.recent_ms.len() > keep {
+            self.recent_ms.drain(..self.recent_ms.len() - keep);
+        }
+        self.resolved_at_ms = now;
         self
     }
 }
@@ -80,8 +200,8 @@ impl QuotaState {
 /// A slot was taken.
 #[derive(Debug, Clone, Copy)]
 pub struct Grant {
-    /// Unix milliseconds recorded for this request in the shared window.
-    pub at_ms: i64,
+    /// The revision of the write that took it (its server time is that entry's time).
+    pub revision: u64,
 }
 
 /// What [`RateLimiter::check`] saw.
@@ -89,15 +209,34 @@ pub struct Grant {
 pub struct Snapshot {
     /// Requests spent today by the whole deployment (every priority; 0 on a new UTC day).
     pub spent_today: u64,
-    /// Wall-clock Unix milliseconds the state was read at (the day `spent_today` belongs to).
+    /// The server time (Unix milliseconds) the state was read at: the day `spent_today` belongs
+    /// to, and the time of day quota pacing uses.
     pub at_ms: i64,
+}
+
+/// The key's latest value, resolved.
+struct Loaded {
+    state: QuotaState,
+    /// `None` when the key was never written.
+    revision: Option<u64>,
+}
+
+/// What a read allows.
+enum Decision {
+    Take,
+    Wait(Duration),
+    Refuse(QuotaError),
 }
 
 /// The shared limiter; cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiter {
-    kv: kv::Store,
+    register: Register,
     config: QuotaConfig,
+    clock: Arc<dyn Clock>,
+    /// The revision of this limiter's last write and the pod's clock when its ack came.
+    last_write: Arc<Mutex<Option<(u64, i64)>>>,
+    clock_warned: Arc<AtomicBool>,
 }
 
 impl RateLimiter {
@@ -107,85 +246,105 @@ impl RateLimiter {
         config: QuotaConfig,
         streams: &StreamSettings,
     ) -> Result<RateLimiter, ProvisionError> {
-        let kv = ensure_kv(
+        RateLimiter::open_with_clock(jetstream, config, streams, Arc::new(SystemClock)).await
+    }
+
+    /// As [`RateLimiter::open`], with the pod's wall clock injected (tests skew it).
+    pub async fn open_with_clock(
+        jetstream: &jetstream::Context,
+        config: QuotaConfig,
+        streams: &StreamSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RateLimiter, ProvisionError> {
+        let register = Register::open(
             jetstream,
             names::BUCKET_GONG_QUOTA,
-            1,
+            QUOTA_KEY,
             Duration::ZERO,
             streams,
         )
         .await?;
-        Ok(RateLimiter { kv, config })
+        Ok(RateLimiter {
+            register,
+            config,
+            clock,
+            last_write: Arc::new(Mutex::new(None)),
+            clock_warned: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Takes one request slot, waiting for the sliding window (and for a Gong-ordered pause up
     /// to `max_hold`). Fails fast when the daily quota for `priority` is spent or Gong's pause is
     /// longer; the caller hands its events back and stops pulling.
     pub async fn acquire(&self, priority: Priority) -> Result<Grant, QuotaError> {
+        // The revision of the previous read in this call: an entry newer than it was written
+        // after that read was served, so its server time is no older than that read.
+        let mut previous: Option<u64> = None;
+        // A slot taken by a write whose ack came too late to use it.
+        let mut unused: Option<u64> = None;
         loop {
-            let (state, revision) = self.load().await?;
-            let now = now_ms();
-            let today = utc_day(now);
-            let mut state = state.on_day(&today);
-            self.publish_gauges(&state);
-            if state.paused_until_ms > now {
-                let remaining = Duration::from_millis((state.paused_until_ms - now) as u64);
-                if remaining > self.config.max_hold {
-                    return Err(QuotaError::Paused { remaining });
+            let loaded = self.load().await?;
+            let fresh =
+                matches!((loaded.revision, previous), (Some(now), Some(before)) if now > before);
+            previous = loaded.revision.or(previous);
+            let mut state = loaded.state;
+            if let Some(revision) = unused.take() {
+                // Its window slot stays taken; the day count gets the request back. Only when
+                // the unused write is the entry read is it certain which day counted it.
+                if loaded.revision == Some(revision) {
+                    state.day_count = state.day_count.saturating_sub(1);
                 }
-                tokio::time::sleep(remaining + jitter(20)).await;
-                continue;
             }
-            let limit = self.daily_limit(priority);
-            if state.day_count >= limit {
-                return Err(QuotaError::Exhausted {
-                    resets_in: until_next_utc_day(now),
-                });
+            self.publish_gauges(&state);
+            match self.decide(&state, priority) {
+                Decision::Take => {
+                    let mut next = state.clone();
+                    next.grants_in_this_write = 1;
+                    let started = Instant::now();
+                    match self.write(&next, loaded.revision).await? {
+                        Some(revision) => {
+                            let took = started.elapsed();
+                            if took <= self.usable_within() {
+                                state.day_count += 1;
+                                self.publish_gauges(&state);
+                                return Ok(Grant { revision });
+                            }
+                            tracing::warn!(
+                                write_ms = took.as_millis() as u64,
+                                usable_within_ms = self.usable_within().as_millis() as u64,
+                                "quota write acknowledged too late to use its slot; taking another"
+                            );
+                            unused = Some(revision);
+                        }
+                        // Another writer was first: read again.
+                        None => tokio::time::sleep(jitter(5)).await,
+                    }
+                }
+                Decision::Wait(wait) => {
+                    // Computed from a time that may be old: learn the server's time first.
+                    if fresh {
+                        tokio::time::sleep(wait + jitter(15)).await;
+                    }
+                    self.tick(state, loaded.revision).await?;
+                }
+                Decision::Refuse(err) => {
+                    if fresh {
+                        return Err(err);
+                    }
+                    self.tick(state, loaded.revision).await?;
+                }
             }
-            let window_ms = 1000 + self.config.margin.as_millis() as i64;
-            let allowed = self.allowed_in_window(priority);
-            let in_window: Vec<i64> = state
-                .recent_ms
-                .iter()
-                .copied()
-                .filter(|at| now - at < window_ms)
-                .collect();
-            if in_window.len() >= allowed {
-                // The request that must age out before a slot frees for this priority.
-                let blocking = in_window[in_window.len() - allowed];
-                let wait = (blocking + window_ms - now).max(1) as u64;
-                tokio::time::sleep(Duration::from_millis(wait) + jitter(15)).await;
-                continue;
-            }
-            let mut recent = in_window;
-            recent.push(now);
-            let keep = self.config.rate_per_second as usize;
-            if recent.len() > keep {
-                recent.drain(..recent.len() - keep);
-            }
-            state.recent_ms = recent;
-            state.day_count += 1;
-            if self.store(&state, revision).await? {
-                self.publish_gauges(&state);
-                return Ok(Grant { at_ms: now });
-            }
-            // Another replica took a slot first: read again.
-            tokio::time::sleep(jitter(5)).await;
         }
     }
 
-    /// Records a pause ordered by Gong (429 `Retry-After`): no replica sends before it ends.
+    /// Records a pause ordered by Gong (429 `Retry-After`): no replica sends before it ends
+    /// (counted from the server time of this write).
     pub async fn pause_for(&self, retry_after: Duration) -> Result<(), QuotaError> {
         loop {
-            let (state, revision) = self.load().await?;
-            let now = now_ms();
-            let until = now + retry_after.as_millis() as i64;
-            if state.paused_until_ms >= until {
-                return Ok(());
-            }
-            let mut state = state.on_day(&utc_day(now));
-            state.paused_until_ms = until;
-            if self.store(&state, revision).await? {
+            let loaded = self.load().await?;
+            let mut next = loaded.state;
+            next.pause_ms_from_this_write = retry_after.as_millis().max(1) as u64;
+            if self.write(&next, loaded.revision).await?.is_some() {
                 tracing::warn!(
                     retry_after_ms = retry_after.as_millis() as u64,
                     "gong rate limited us; every replica pauses"
@@ -196,34 +355,76 @@ impl RateLimiter {
     }
 
     /// Whether a slot could be had for `priority` without taking one: `Err` when the daily quota
-    /// is spent or Gong's pause is longer than `max_hold` (then nothing should be pulled).
-    /// Read-only: the [`Snapshot`] also says what was spent today, for the linger's pacing.
+    /// is spent or Gong's pause is longer than `max_hold` (then nothing should be pulled). Takes
+    /// no slot; before refusing it writes a tick, so a refusal is never based on an old time.
+    /// The [`Snapshot`] also says what was spent today, for the linger's pacing.
     pub async fn check(&self, priority: Priority) -> Result<Snapshot, QuotaError> {
-        let (state, _) = self.load().await?;
-        let now = now_ms();
-        let state = state.on_day(&utc_day(now));
-        self.publish_gauges(&state);
+        let mut previous: Option<u64> = None;
+        loop {
+            let loaded = self.load().await?;
+            let fresh =
+                matches!((loaded.revision, previous), (Some(now), Some(before)) if now > before);
+            previous = loaded.revision.or(previous);
+            let state = loaded.state;
+            self.publish_gauges(&state);
+            match self.decide(&state, priority) {
+                Decision::Refuse(err) if fresh => return Err(err),
+                Decision::Refuse(_) => self.tick(state, loaded.revision).await?,
+                Decision::Take | Decision::Wait(_) => {
+                    return Ok(Snapshot {
+                        spent_today: state.day_count,
+                        at_ms: state.resolved_at_ms,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The current state, resolved to the server time of its latest write (for tests and
+    /// tools).
+    pub async fn state(&self) -> Result<QuotaState, QuotaError> {
+        Ok(self.load().await?.state)
+    }
+
+    fn decide(&self, state: &QuotaState, priority: Priority) -> Decision {
+        let now = state.resolved_at_ms;
         if state.paused_until_ms > now {
             let remaining = Duration::from_millis((state.paused_until_ms - now) as u64);
             if remaining > self.config.max_hold {
-                return Err(QuotaError::Paused { remaining });
+                return Decision::Refuse(QuotaError::Paused { remaining });
             }
+            return Decision::Wait(remaining);
         }
-        let limit = self.daily_limit(priority);
-        if state.day_count >= limit {
-            return Err(QuotaError::Exhausted {
+        if state.day_count >= self.daily_limit(priority) {
+            return Decision::Refuse(QuotaError::Exhausted {
                 resets_in: until_next_utc_day(now),
             });
         }
-        Ok(Snapshot {
-            spent_today: state.day_count,
-            at_ms: now,
-        })
+        let window_ms = self.window_ms();
+        let allowed = self.allowed_in_window(priority);
+        let in_window: Vec<i64> = state
+            .recent_ms
+            .iter()
+            .copied()
+            .filter(|at| now - at < window_ms)
+            .collect();
+        if in_window.len() >= allowed {
+            // The request that must age out before a slot frees for this priority.
+            let blocking = in_window[in_window.len() - allowed];
+            return Decision::Wait(Duration::from_millis(
+                (blocking + window_ms - now).max(1) as u64
+            ));
+        }
+        Decision::Take
     }
 
-    /// The current state, as stored (for tests and tools).
-    pub async fn state(&self) -> Result<QuotaState, QuotaError> {
-        Ok(self.load().await?.0)
+    fn window_ms(&self) -> i64 {
+        1000 + self.config.margin.as_millis() as i64
+    }
+
+    /// The longest write round trip after which a slot may still be used.
+    fn usable_within(&self) -> Duration {
+        self.config.margin / 2
     }
 
     fn daily_limit(&self, priority: Priority) -> u64 {
@@ -250,52 +451,85 @@ impl RateLimiter {
         metrics::quota(remaining, remaining == 0);
     }
 
-    async fn load(&self) -> Result<(QuotaState, Option<u64>), QuotaError> {
-        let entry = self
-            .kv
-            .entry(QUOTA_KEY)
-            .await
-            .map_err(|err| QuotaError::Store(err.to_string()))?;
-        match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                // An unreadable value (written by a future version?) restarts from empty rather
-                // than blocking enrichment; the revision still guards the write.
-                let state = serde_json::from_slice(&entry.value).unwrap_or_else(|err| {
-                    tracing::warn!(error = %err, "quota state unreadable; starting afresh");
-                    QuotaState::default()
-                });
-                Ok((state, Some(entry.revision)))
-            }
-            Some(entry) => Ok((QuotaState::default(), Some(entry.revision))),
-            None => Ok((QuotaState::default(), None)),
-        }
+    /// Reads the latest entry from the stream leader and resolves it to its server time.
+    async fn load(&self) -> Result<Loaded, QuotaError> {
+        let keep = self.config.rate_per_second.max(1) as usize;
+        let margin_ms = self.config.margin.as_millis() as i64;
+        let Some(current) = self.register.read().await.map_err(store_error)? else {
+            return Ok(Loaded {
+                state: QuotaState::default().resolve(0, keep, margin_ms),
+                revision: None,
+            });
+        };
+        let written_at_ms = current.created.timestamp_millis();
+        self.compare_clocks(current.revision, written_at_ms);
+        let state = if current.is_put {
+            // An unreadable value (written by a future version?) restarts from empty rather than
+            // blocking enrichment; the revision still guards the write.
+            serde_json::from_slice(&current.value).unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "quota state unreadable; starting afresh");
+                QuotaState::default()
+            })
+        } else {
+            QuotaState::default()
+        };
+        Ok(Loaded {
+            state: state.resolve(written_at_ms, keep, margin_ms),
+            revision: Some(current.revision),
+        })
     }
 
-    /// Compare-and-set; `Ok(false)` when another writer won.
-    async fn store(&self, state: &QuotaState, revision: Option<u64>) -> Result<bool, QuotaError> {
+    /// Writes `state` if the key is still at `revision`; `Ok(None)` when another writer won.
+    async fn write(
+        &self,
+        state: &QuotaState,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>, QuotaError> {
         let value = Bytes::from(
             serde_json::to_vec(state).map_err(|err| QuotaError::Store(err.to_string()))?,
         );
-        match revision {
-            Some(revision) => match self.kv.update(QUOTA_KEY, value, revision).await {
-                Ok(_) => Ok(true),
-                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-                Err(err) => Err(QuotaError::Store(err.to_string())),
-            },
-            None => match self.kv.create(QUOTA_KEY, value).await {
-                Ok(_) => Ok(true),
-                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-                Err(err) => Err(QuotaError::Store(err.to_string())),
-            },
+        match self.register.write(value, revision).await {
+            Ok(written) => {
+                if let Ok(mut last) = self.last_write.lock() {
+                    *last = Some((written, self.clock.now_ms()));
+                }
+                Ok(Some(written))
+            }
+            Err(RegisterError::Conflict { .. }) => Ok(None),
+            Err(err) => Err(store_error(err)),
+        }
+    }
+
+    /// Writes the state unchanged but for the tick counter, to learn a fresh server time.
+    /// Losing the race is as good: the winner's write is as fresh.
+    async fn tick(&self, mut state: QuotaState, revision: Option<u64>) -> Result<(), QuotaError> {
+        state.ticks += 1;
+        self.write(&state, revision).await.map(|_| ())
+    }
+
+    /// Warns once when this pod's clock is far from the server's (measured on this limiter's
+    /// own last write: its server time lies between sending it and its ack). Nothing here
+    /// depends on it; other things a pod does with its clock might.
+    fn compare_clocks(&self, revision: u64, written_at_ms: i64) {
+        let Some((written, pod_ms_at_ack)) = self.last_write.lock().ok().and_then(|last| *last)
+        else {
+            return;
+        };
+        if written != revision {
+            return;
+        }
+        let offset_ms = pod_ms_at_ack - written_at_ms;
+        if offset_ms.abs() > CLOCK_WARN_MS && !self.clock_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                pod_clock_offset_ms = offset_ms,
+                "this pod's clock is far from the nats server's; the gong quota does not use it, but check the node's time sync"
+            );
         }
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
+fn store_error(err: RegisterError) -> QuotaError {
+    QuotaError::Store(err.to_string())
 }
 
 fn utc_day(now_ms: i64) -> String {
@@ -303,6 +537,10 @@ fn utc_day(now_ms: i64) -> String {
         .unwrap_or_else(Utc::now)
         .date_naive()
         .to_string()
+}
+
+fn start_of_utc_day(now_ms: i64) -> i64 {
+    now_ms - now_ms.rem_euclid(86_400_000)
 }
 
 fn until_next_utc_day(now_ms: i64) -> Duration {
@@ -323,26 +561,100 @@ fn jitter(max_ms: u64) -> Duration {
 mod tests {
     use super::*;
 
+    /// Unix milliseconds of an RFC 3339 time.
+    fn at(time: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(time)
+            .unwrap()
+            .timestamp_millis()
+    }
+
     #[test]
-    fn a_new_day_restarts_the_count() {
+    fn a_write_s_grants_and_pause_take_its_server_time() {
+        let written = at("2024-03-10T12:00:00Z");
         let state = QuotaState {
-            recent_ms: vec![1, 2],
-            day: "2024-01-01".into(),
+            recent_ms: vec![written - 2_000, written - 500],
+            day: "2024-03-10".into(),
+            day_count: 7,
+            resolved_at_ms: written - 500,
+            grants_in_this_write: 1,
+            pause_ms_from_this_write: 3_000,
+            ..QuotaState::default()
+        };
+        let resolved = state.resolve(written, 2, 100);
+        assert_eq!(resolved.recent_ms, vec![written - 500, written]);
+        assert_eq!(resolved.day_count, 8);
+        assert_eq!(resolved.paused_until_ms, written + 3_000);
+        assert_eq!(resolved.resolved_at_ms, written);
+        assert_eq!(resolved.grants_in_this_write, 0);
+        assert_eq!(resolved.pause_ms_from_this_write, 0);
+        // Resolving again (another reader of the same entry) changes nothing.
+        assert_eq!(resolved.clone().resolve(written, 2, 100), resolved);
+    }
+
+    #[test]
+    fn a_new_server_day_restarts_the_count_except_for_grants_just_before_midnight() {
+        let midnight = at("2024-03-11T00:00:00Z");
+        let state = QuotaState {
+            recent_ms: vec![midnight - 5_000, midnight - 60],
+            day: "2024-03-10".into(),
             day_count: 42,
             paused_until_ms: 7,
+            resolved_at_ms: midnight - 60,
+            grants_in_this_write: 1,
+            ..QuotaState::default()
         };
-        let same = state.clone().on_day("2024-01-01");
-        assert_eq!(same.day_count, 42);
-        let next = state.on_day("2024-01-02");
-        assert_eq!(next.day_count, 0);
-        assert_eq!(next.recent_ms, vec![1, 2]);
+        let same_day = state.clone().resolve(midnight - 1, 3, 100);
+        assert_eq!(same_day.day, "2024-03-10");
+        assert_eq!(same_day.day_count, 43);
+        let next = state.resolve(midnight + 10, 3, 100);
+        assert_eq!(next.day, "2024-03-11");
+        // The grant 60 ms before midnight counts on both days, and this write's grant.
+        assert_eq!(next.day_count, 2);
         assert_eq!(next.paused_until_ms, 7);
     }
 
     #[test]
+    fn a_server_clock_going_back_keeps_every_age_and_the_day() {
+        let before = at("2024-03-11T00:00:01Z");
+        let state = QuotaState {
+            recent_ms: vec![before - 900, before - 100],
+            day: "2024-03-11".into(),
+            day_count: 5,
+            paused_until_ms: before + 2_000,
+            resolved_at_ms: before,
+            ..QuotaState::default()
+        };
+        // A new leader whose clock is 3 s behind: its time is still 2024-03-10.
+        let behind = before - 3_000;
+        let resolved = state.resolve(behind, 3, 100);
+        assert_eq!(resolved.recent_ms, vec![behind - 900, behind - 100]);
+        assert_eq!(resolved.paused_until_ms, behind + 2_000);
+        assert_eq!(resolved.resolved_at_ms, behind);
+        assert_eq!(resolved.day, "2024-03-11", "the day never goes back");
+        assert_eq!(resolved.day_count, 5);
+    }
+
+    #[test]
+    fn a_value_from_before_server_times_still_reads() {
+        // The shape written by earlier versions: no resolved time, no pending fields.
+        let old: QuotaState = serde_json::from_str(
+            r#"{"recent_ms":[1,2],"day":"2024-01-01","day_count":42,"paused_until_ms":7}"#,
+        )
+        .unwrap();
+        assert_eq!(old.day_count, 42);
+        assert_eq!(old.grants_in_this_write, 0);
+        let written = at("2024-01-01T10:00:00Z");
+        assert_eq!(old.resolve(written, 3, 100).day_count, 42);
+    }
+
+    #[test]
     fn midnight_is_at_most_a_day_away() {
-        let until = until_next_utc_day(now_ms());
+        let until = until_next_utc_day(SystemClock.now_ms());
         assert!(until <= Duration::from_secs(86_400));
         assert!(!until.is_zero());
+        assert_eq!(
+            start_of_utc_day(at("2024-03-10T13:14:15.5Z")),
+            at("2024-03-10T00:00:00Z")
+        );
     }
 }

@@ -231,3 +231,67 @@ pub fn by_call_id(events: &[(StreamMessage, EnrichedEvent)]) -> HashMap<String, 
     }
     out
 }
+
+/// One request to the Gong double at `base_url` (its extensive endpoint): what a granted slot
+/// is spent on. Returns the status; the double counts the request against its limits on
+/// arrival.
+pub async fn gong_request(http: &reqwest::Client, base_url: &str) -> u16 {
+    http.post(format!(
+        "{base_url}{}",
+        gong_testkit::gong_double::EXTENSIVE_PATH
+    ))
+    .basic_auth(DEFAULT_ACCESS_KEY, Some(DEFAULT_ACCESS_KEY_SECRET))
+    .json(&serde_json::json!({"filter": {"callIds": ["1"]}}))
+    .send()
+    .await
+    .expect("gong double answers")
+    .status()
+    .as_u16()
+}
+
+/// A TCP proxy in front of `upstream_port` on loopback that holds every byte coming from the
+/// server for `delay` (bytes to the server pass at once): a pod whose acks arrive late. Returns
+/// the proxy's port; it serves until the runtime ends.
+pub async fn slow_downlink_proxy(upstream_port: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+            else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            let (held, mut release) =
+                tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(read) = server_read.read(&mut buffer).await {
+                    if read == 0
+                        || held
+                            .send((tokio::time::Instant::now() + delay, buffer[..read].to_vec()))
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some((due, bytes)) = release.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    if client_write.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}

@@ -11,24 +11,11 @@ use gong_common::names;
 use gong_testkit::cluster::NatsCluster;
 
 use crate::support::pipeline::{
-    both, poll, stream_messages, wait_drained, Options, Pipeline, StageTarget,
+    both, leader_of, poll, stream_messages, wait_drained, Options, Pipeline, StageTarget,
 };
 use crate::support::sender::{answer_counts, call_ids, Delivery, Sender, Traffic};
 use crate::support::stage::{assert_clean, read_local, Verdict};
 use crate::support::{first_call_id, report, scaled};
-
-/// The index of the node leading `stream` (server names are `gong-node-<index>`).
-async fn leader_of(jetstream: &jetstream::Context, stream: &str) -> Option<usize> {
-    let mut handle = jetstream.get_stream(stream).await.ok()?;
-    let info = handle.info().await.ok()?;
-    info.cluster
-        .as_ref()?
-        .leader
-        .as_deref()?
-        .strip_prefix("gong-node-")?
-        .parse()
-        .ok()
-}
 
 /// The longest time between two consecutive 2xx answers: how long ingest was unavailable
 /// to a sender that retries.

@@ -11,4 +11,5 @@ mod chaos;
 mod cluster;
 mod metrics_contract;
 mod nats_outage;
+mod production;
 mod stage_faults;

@@ -90,7 +90,7 @@ async fn every_binary_exposes_exactly_the_listed_metric_names() {
     let stage = root.path().join("stage");
     let pipeline =
         Pipeline::start(Options::new(nats.url(), StageTarget::Local(stage.clone()))).await;
-    let services = [&pipeline.ingest, &pipeline.enrich, &pipeline.load];
+    let services = [&pipeline.ingest, pipeline.enrich(), pipeline.load()];
 
     // A fresh process (ready, nothing received yet) already exposes every name.
     let (missing, unexpected) = compare(services, &expected).await;

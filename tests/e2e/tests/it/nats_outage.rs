@@ -30,8 +30,8 @@ async fn ingest_answers_503_during_a_nats_outage_and_every_stage_recovers_alone(
     let mut pipeline = Pipeline::start(options).await;
     let pids = [
         pipeline.ingest.pid(),
-        pipeline.enrich.pid(),
-        pipeline.load.pid(),
+        pipeline.enrich().pid(),
+        pipeline.load().pid(),
     ];
     let sender = Arc::new(Sender::new(pipeline.ingest.webhook_url()));
     let traffic = Traffic::start(
@@ -140,11 +140,13 @@ async fn ingest_answers_503_during_a_nats_outage_and_every_stage_recovers_alone(
         verdict.line()
     );
     assert_clean(&verdict, &staged, "nats_outage", &pipeline.explain());
-    for service in [
-        &mut pipeline.ingest,
-        &mut pipeline.enrich,
-        &mut pipeline.load,
-    ] {
+    let Pipeline {
+        ingest,
+        enrichers,
+        loaders,
+        ..
+    } = &mut pipeline;
+    for service in std::iter::once(ingest).chain(enrichers).chain(loaders) {
         assert!(
             service.is_running() && service.starts == 1,
             "{:?} did not survive the outage by itself\n{}",
@@ -155,8 +157,8 @@ async fn ingest_answers_503_during_a_nats_outage_and_every_stage_recovers_alone(
     assert_eq!(
         [
             pipeline.ingest.pid(),
-            pipeline.enrich.pid(),
-            pipeline.load.pid()
+            pipeline.enrich().pid(),
+            pipeline.load().pid()
         ],
         pids
     );

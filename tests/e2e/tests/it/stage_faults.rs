@@ -141,7 +141,7 @@ async fn stage_outage_mid_load(options: Options, nats: &NatsServer, reader: Read
         .await
         .expect("load consumer");
     let stage_errors = metric_sum(
-        &pipeline.load.metrics().await.unwrap_or_default(),
+        &pipeline.load().metrics().await.unwrap_or_default(),
         "gong_load_stage_errors_total",
     );
     fault.repair().await;

@@ -1,10 +1,12 @@
 //! Shared set-up for the whole-pipeline tests.
 
+pub mod content;
 pub mod pipeline;
 pub mod process;
 pub mod proxy;
 pub mod sender;
 pub mod stage;
+pub mod stream;
 
 use std::io::Write;
 

@@ -36,6 +36,10 @@ pub struct Options {
     pub gong_rate: u32,
     /// Extra variables per stage.
     pub extra: Vec<(Kind, &'static str, String)>,
+    /// gong-enrich processes (1 unless set).
+    pub enrich_replicas: usize,
+    /// gong-load processes (1 unless set).
+    pub load_replicas: usize,
 }
 
 impl Options {
@@ -47,6 +51,8 @@ impl Options {
             stage,
             gong_rate: 10,
             extra: Vec::new(),
+            enrich_replicas: 1,
+            load_replicas: 1,
         }
     }
 
@@ -65,10 +71,10 @@ pub struct Pipeline {
     pub gong: GongDouble,
     /// gong-ingest.
     pub ingest: Service,
-    /// gong-enrich.
-    pub enrich: Service,
-    /// gong-load.
-    pub load: Service,
+    /// The gong-enrich replicas (`Options::enrich_replicas`, at least one).
+    pub enrichers: Vec<Service>,
+    /// The gong-load replicas (`Options::load_replicas`, at least one).
+    pub loaders: Vec<Service>,
 }
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
@@ -159,25 +165,62 @@ impl Pipeline {
             target.retain(|(key, _)| key != var);
             target.push((var.to_string(), value.clone()));
         }
+        // One replica keeps the plain log name (`gong-load.log`); several are numbered.
+        let replicas = |kind: Kind, count: usize, env: &Vec<(String, String)>| {
+            let count = count.max(1);
+            (0..count)
+                .map(|index| match count {
+                    1 => Service::new(kind, dir.path(), env.clone()),
+                    _ => Service::replica(kind, index, dir.path(), env.clone()),
+                })
+                .collect::<Vec<_>>()
+        };
         let mut ingest = Service::new(Kind::Ingest, dir.path(), ingest_env);
-        let mut enrich = Service::new(Kind::Enrich, dir.path(), enrich_env);
-        let mut load = Service::new(Kind::Load, dir.path(), load_env);
+        let mut enrichers = replicas(Kind::Enrich, options.enrich_replicas, &enrich_env);
+        let mut loaders = replicas(Kind::Load, options.load_replicas, &load_env);
         ingest.start().await;
-        enrich.start().await;
-        load.start().await;
+        for service in enrichers.iter_mut().chain(loaders.iter_mut()) {
+            service.start().await;
+        }
         Pipeline {
             dir,
             gong,
             ingest,
-            enrich,
-            load,
+            enrichers,
+            loaders,
         }
+    }
+
+    /// The (first) gong-enrich.
+    pub fn enrich(&self) -> &Service {
+        &self.enrichers[0]
+    }
+
+    /// The (first) gong-enrich, to kill or restart.
+    pub fn enrich_mut(&mut self) -> &mut Service {
+        &mut self.enrichers[0]
+    }
+
+    /// The (first) gong-load.
+    pub fn load(&self) -> &Service {
+        &self.loaders[0]
+    }
+
+    /// The (first) gong-load, to kill or restart.
+    pub fn load_mut(&mut self) -> &mut Service {
+        &mut self.loaders[0]
+    }
+
+    /// Every stage process: ingest, the enrichers, the loaders.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        std::iter::once(&self.ingest)
+            .chain(&self.enrichers)
+            .chain(&self.loaders)
     }
 
     /// Log tails of every stage, for a failing test to explain itself.
     pub fn explain(&self) -> String {
-        [&self.ingest, &self.enrich, &self.load]
-            .iter()
+        self.services()
             .map(|service| service.log_tail(30))
             .collect::<Vec<_>>()
             .join("\n")
@@ -239,6 +282,19 @@ pub async fn both(jetstream: &jetstream::Context) -> Option<(Progress, Progress)
     Some((enrich, load))
 }
 
+/// The index of the cluster node leading `stream` (server names are `gong-node-<index>`).
+pub async fn leader_of(jetstream: &jetstream::Context, stream: &str) -> Option<usize> {
+    let mut handle = jetstream.get_stream(stream).await.ok()?;
+    let info = handle.info().await.ok()?;
+    info.cluster
+        .as_ref()?
+        .leader
+        .as_deref()?
+        .strip_prefix("gong-node-")?
+        .parse()
+        .ok()
+}
+
 /// Messages in a stream (0 when it cannot be read).
 pub async fn stream_messages(jetstream: &jetstream::Context, stream: &str) -> u64 {
     match jetstream.get_stream(stream).await {
@@ -268,6 +324,22 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until everything is enriched (`enrich` has nothing pending or unacknowledged) and
+/// gong-load has acknowledged every message of GONG_ENRICHED: by the ack-after-durable promise,
+/// the stage is then complete, so the checks that follow can say what is wrong with it rather
+/// than time out waiting for it to become right.
+pub async fn wait_consumers_drained(jetstream: &jetstream::Context) -> Result<(), String> {
+    poll(
+        Duration::from_secs(super::scaled(180, 400)),
+        "both consumers drained",
+        || async {
+            let (enrich, load) = both(jetstream).await?;
+            (enrich.pending == 0 && enrich.ack_pending == 0 && load.drained()).then_some(())
+        },
+    )
+    .await
 }
 
 /// Waits until both consumers are drained and every 2xx'd delivery is in the stage as `read`

@@ -9,8 +9,18 @@ use std::time::{Duration, Instant};
 use gong_testkit::nats::free_port;
 
 /// The path of a workspace binary, next to the test executable's directory (`target/<profile>`),
-/// like `benches/src/lib.rs::sibling_binary`. Panics when it was not built.
+/// like `benches/src/lib.rs::sibling_binary`, or in `E2E_BIN_DIR` when set (to run the scenarios
+/// against binaries built elsewhere, e.g. an older commit). Panics when it was not built.
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("E2E_BIN_DIR") {
+        let candidate = PathBuf::from(dir).join(name);
+        assert!(
+            candidate.is_file(),
+            "{name} not found in E2E_BIN_DIR ({})",
+            candidate.display()
+        );
+        return candidate;
+    }
     let me = std::env::current_exe().expect("current exe");
     let deps = me.parent().expect("test exe dir");
     let candidates = [deps.join(name), deps.parent().unwrap_or(deps).join(name)];
@@ -67,17 +77,36 @@ pub struct Service {
 impl Service {
     /// A service that is not started yet; its log goes to `<dir>/<binary>.log`.
     pub fn new(kind: Kind, dir: &Path, env: Vec<(String, String)>) -> Service {
+        Service::with_log(kind, dir.join(format!("{}.log", kind.binary_name())), env)
+    }
+
+    /// Replica `index` of a stage that runs several: its log goes to
+    /// `<dir>/<binary>-<index>.log`.
+    pub fn replica(kind: Kind, index: usize, dir: &Path, env: Vec<(String, String)>) -> Service {
+        Service::with_log(
+            kind,
+            dir.join(format!("{}-{index}.log", kind.binary_name())),
+            env,
+        )
+    }
+
+    fn with_log(kind: Kind, log: PathBuf, env: Vec<(String, String)>) -> Service {
         Service {
             kind,
             binary: binary(kind.binary_name()),
             env,
             admin_port: free_port(),
             listen_port: free_port(),
-            log: dir.join(format!("{}.log", kind.binary_name())),
+            log,
             child: None,
             starts: 0,
             kills: 0,
         }
+    }
+
+    /// The log file (every start appends to it).
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// `http://127.0.0.1:<admin port>`.

@@ -319,3 +319,115 @@ pub fn assert_clean(verdict: &Verdict, staged: &Staged, scenario: &str, explain:
         staged.incomplete_ranges()
     );
 }
+
+/// One staged file of any table, every row read back (for the per-range content check).
+#[derive(Debug, Clone)]
+pub struct FileRows {
+    /// The table (the directory above `dt=...`).
+    pub table: String,
+    /// Path relative to the stage root.
+    pub relative: String,
+    /// The GONG_ENRICHED sequence range in its name.
+    pub range: (u64, u64),
+    /// Rows per `event_id`.
+    pub event_rows: BTreeMap<String, usize>,
+    /// `(enriched_stream_seq, event_id)` of every row (the `calls` table only).
+    pub seqs: Vec<(u64, String)>,
+}
+
+/// Reads every complete `.parquet` file of every table of a local stage. Files that do not
+/// follow the layout are skipped ([`read_local`] reports them as strays); files the parquet crate
+/// cannot read are returned as `Err(relative: reason)`.
+pub fn read_local_files(root: &Path) -> Vec<Result<FileRows, String>> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let relative = path
+                .strip_prefix(root)
+                .expect("under the stage")
+                .to_string_lossy()
+                .to_string();
+            let parts: Vec<&str> = relative.split('/').collect();
+            let [table, dt, name] = parts[..] else {
+                continue;
+            };
+            let Some(range) = gong_load::stage::parse_file_name(name) else {
+                continue;
+            };
+            if !dt.starts_with("dt=") {
+                continue;
+            }
+            let read = std::fs::read(&path)
+                .map_err(|err| err.to_string())
+                .and_then(|bytes| rows_of(Bytes::from(bytes), table == "calls"));
+            files.push(
+                read.map(|(event_rows, seqs)| FileRows {
+                    table: table.to_string(),
+                    relative: relative.clone(),
+                    range,
+                    event_rows,
+                    seqs,
+                })
+                .map_err(|reason| format!("{relative}: {reason}")),
+            );
+        }
+    }
+    files.sort_by(|a, b| match (a, b) {
+        (Ok(a), Ok(b)) => (&a.table, a.range).cmp(&(&b.table, b.range)),
+        _ => std::cmp::Ordering::Equal,
+    });
+    files
+}
+
+/// Rows per `event_id` of a staged file and, with `with_seqs`, every row's
+/// `(enriched_stream_seq, event_id)`.
+#[allow(clippy::type_complexity)]
+fn rows_of(
+    bytes: Bytes,
+    with_seqs: bool,
+) -> Result<(BTreeMap<String, usize>, Vec<(u64, String)>), String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|builder| builder.build())
+        .map_err(|err| err.to_string())?;
+    let mut event_rows = BTreeMap::new();
+    let mut seqs = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|err| err.to_string())?;
+        let column = |name: &str, to: &DataType| {
+            let array = batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("no column {name}"))?;
+            arrow::compute::cast(array, to).map_err(|err| format!("{name}: {err}"))
+        };
+        let event_ids = column("event_id", &DataType::Utf8)?;
+        let event_ids = event_ids
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or("event_id is not text")?;
+        for row in 0..batch.num_rows() {
+            *event_rows
+                .entry(event_ids.value(row).to_string())
+                .or_default() += 1;
+        }
+        if with_seqs {
+            let column = column("enriched_stream_seq", &DataType::Int64)?;
+            let values = column
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .ok_or("enriched_stream_seq is not an integer")?;
+            for row in 0..batch.num_rows() {
+                seqs.push((values.value(row) as u64, event_ids.value(row).to_string()));
+            }
+        }
+    }
+    Ok((event_rows, seqs))
+}

@@ -38,9 +38,9 @@ pub struct LoadConfig {
     pub ack_wait: Duration,
     /// `LOAD_FETCH_BATCH` (default 256): messages per pull request.
     pub fetch_batch: usize,
-    /// `LOAD_RANGE_TAKEOVER_AFTER` (default `LOAD_ACK_WAIT`): a pending range older than this
-    /// whose messages come back is rewritten by whoever receives them.
-    pub takeover_after: Duration,
+    /// `LOAD_LEASE_TTL` (default `10s`): a standby takes over the `load` lease when the holder
+    /// has not renewed it for this long (a holder that shuts down hands it over at once).
+    pub lease_ttl: Duration,
     /// `LOAD_RETRY_MAX_BACKOFF` (default `30s`): longest wait between stage retries.
     pub retry_max_backoff: Duration,
     /// `LOAD_SHUTDOWN_GRACE` (default `25s`): time to flush the open batch on shutdown.
@@ -111,6 +111,10 @@ impl LoadConfig {
                 "must be longer than LOAD_FLUSH_MAX_AGE",
             ));
         }
+        let lease_ttl = env.duration_or("LOAD_LEASE_TTL", Duration::from_secs(10))?;
+        if lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new("LOAD_LEASE_TTL", "must be at least 1s"));
+        }
         let zstd_level = env.parse_or("LOAD_ZSTD_LEVEL", 3i32)?;
         if !(1..=22).contains(&zstd_level) {
             return Err(ConfigError::new(
@@ -131,7 +135,7 @@ impl LoadConfig {
             max_ack_pending,
             ack_wait,
             fetch_batch: env.positive_or("LOAD_FETCH_BATCH", 256)?,
-            takeover_after: env.duration_or("LOAD_RANGE_TAKEOVER_AFTER", ack_wait)?,
+            lease_ttl,
             retry_max_backoff: env
                 .duration_or("LOAD_RETRY_MAX_BACKOFF", Duration::from_secs(30))?,
             shutdown_grace: env.duration_or("LOAD_SHUTDOWN_GRACE", Duration::from_secs(25))?,

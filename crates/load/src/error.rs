@@ -41,6 +41,15 @@ pub enum LoadError {
         #[source]
         source: async_nats::Error,
     },
+    /// A sequence of a range could not be read back from the stream leader, so the range is
+    /// not written (it would be short).
+    #[error("range not written: sequence {seq} of GONG_ENRICHED is not accounted for ({reason})")]
+    RangeIncomplete {
+        /// The sequence.
+        seq: u64,
+        /// What the leader said.
+        reason: String,
+    },
     /// The stage could not be opened or written.
     #[error(transparent)]
     Stage(#[from] StageError),
@@ -62,4 +71,26 @@ pub enum LoadError {
     /// A replay argument is invalid or resolves to nothing.
     #[error("invalid replay range: {0}")]
     ReplayRange(String),
+}
+
+impl LoadError {
+    /// A failure no retry of the same step can fix and no message is at fault for: the live
+    /// loader stops (unready, exit code 1) rather than retrying for ever. Spool files that
+    /// cannot be created (a missing or read-only `LOAD_SPOOL_DIR`, a full disk) are; a stage
+    /// or NATS outage, a lost spool file (the range is rebuilt from the stream) are not.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, LoadError::Encode(EncodeError::Spool { .. }))
+    }
+}
+
+impl gong_common::streams::Retryable for LoadError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            LoadError::Provision(err) => err.is_retryable(),
+            LoadError::Consumer { source, .. } => {
+                gong_common::streams::is_transient(source.as_ref())
+            }
+            _ => false,
+        }
+    }
 }

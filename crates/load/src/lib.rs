@@ -6,7 +6,8 @@
 //! - `main.rs`: glue (subcommands, config, tracing, signals, exit codes).
 //! - `config.rs`: [`config::LoadConfig`] from the environment.
 //! - `error.rs`: [`error::LoadError`], named after the failing step.
-//! - `loader.rs`: the live loop: batch a contiguous sequence range, write it, then ack.
+//! - `loader.rs`: the live loop: hold the `load` lease (or stand by), batch a contiguous
+//!   sequence range, write it, then ack.
 //! - `ranges.rs`: the range manifest in KV (`gong_load_ranges`): claims, head, takeover.
 //! - `range_writer.rs`: writing a range (from held messages or from the stream) to the stage.
 //! - `schema.rs`: the tables' columns (Arrow and Snowflake types from one list).
@@ -38,9 +39,10 @@ pub mod stage;
 
 use std::net::SocketAddr;
 
-use gong_common::admin;
+use gong_common::admin::{self, Readiness};
+use gong_common::lease::Lease;
 use gong_common::names;
-use gong_common::streams::{ensure_streams, StreamKind};
+use gong_common::streams::{ensure_streams, provision_with_retry, StreamKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -66,8 +68,9 @@ pub async fn run(config: LoadConfig, shutdown: CancellationToken) -> Result<(), 
     running.task.await.map_err(LoadError::Task)?
 }
 
-/// Connects, provisions the streams, the range bucket and the consumer, opens the stage, and
-/// returns once the loop is running.
+/// Connects, provisions the streams, the range bucket, the lease and the consumer (retrying
+/// while the cluster is not ready, `/readyz` saying why), opens the stage, and returns once the
+/// loop runs (holding the lease or standing by).
 pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Running, LoadError> {
     let (readiness, admin_addr) = admin::start(
         &config.common,
@@ -76,23 +79,95 @@ pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Ru
     )
     .await?;
     metrics::register();
-    let ctx = connect(config).await?;
-    readiness.set_jetstream(ctx.jetstream.clone());
-    let consumer = loader::ensure_consumer(&ctx.stream, &ctx.config).await?;
-    // The backlog is known before the first message arrives (an idle or stuck loader too).
-    metrics::consumer_pending(consumer.cached_info().num_pending);
-    let task = tokio::spawn(loader::run(ctx, consumer, readiness, shutdown));
-    Ok(Running { admin_addr, task })
-}
-
-/// Connects to NATS, provisions streams and the range bucket, opens the stage.
-pub(crate) async fn connect(config: LoadConfig) -> Result<Ctx, LoadError> {
     let stage = Stage::open(&config.stage_url, &config.stage_env())?;
     let client = gong_common::nats::connect(&config.common, "gong-load").await?;
     let jetstream =
         gong_common::nats::jetstream_context(client, config.common.nats_request_timeout, 256);
+    readiness.set_jetstream(jetstream.clone());
+    let owner = format!("load-{}", uuid::Uuid::now_v7());
+    let provisioned =
+        provision_with_retry("streams, buckets, consumer", &readiness, &shutdown, || {
+            provision(&config, &jetstream, owner.clone())
+        })
+        .await?;
+    let Some((stream, ranges, consumer, lease)) = provisioned else {
+        return Err(LoadError::Interrupted {
+            step: "provisioning",
+        });
+    };
+    let ctx = Ctx {
+        snowpipe: config.snowpipe.clone().map(Snowpipe::new),
+        config,
+        jetstream,
+        stream,
+        ranges,
+        stage,
+    };
+    // The backlog is known before the first message arrives (an idle or stuck loader too).
+    metrics::consumer_pending(consumer.cached_info().num_pending);
+    // The lease outlives the loop: it is released only after the open batch was flushed.
+    let lease_shutdown = CancellationToken::new();
+    let lease = lease.spawn(lease_shutdown.clone());
+    let task = tokio::spawn(run_holding(
+        ctx,
+        consumer,
+        readiness,
+        shutdown,
+        lease,
+        lease_shutdown,
+    ));
+    Ok(Running { admin_addr, task })
+}
+
+async fn run_holding(
+    ctx: Ctx,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    lease: gong_common::lease::LeaseHandle,
+    lease_shutdown: CancellationToken,
+) -> Result<(), LoadError> {
+    let outcome = loader::run(ctx, consumer, readiness, shutdown, lease.state).await;
+    lease_shutdown.cancel();
+    let _ = lease.task.await;
+    outcome
+}
+
+/// Streams, range manifest, lease and consumer: every step idempotent, so a retry after a
+/// partial success is safe.
+async fn provision(
+    config: &LoadConfig,
+    jetstream: &async_nats::jetstream::Context,
+    owner: String,
+) -> Result<
+    (
+        async_nats::jetstream::stream::Stream,
+        Ranges,
+        async_nats::jetstream::consumer::PullConsumer,
+        Lease,
+    ),
+    LoadError,
+> {
+    let (stream, ranges) = open_stream_and_ranges(config, jetstream, owner.clone()).await?;
+    let lease = Lease::open(
+        jetstream,
+        &config.common.streams,
+        names::LEASE_LOAD,
+        owner,
+        config.lease_ttl,
+    )
+    .await?;
+    let consumer = loader::ensure_consumer(&stream, config).await?;
+    Ok((stream, ranges, consumer, lease))
+}
+
+async fn open_stream_and_ranges(
+    config: &LoadConfig,
+    jetstream: &async_nats::jetstream::Context,
+    owner: String,
+) -> Result<(async_nats::jetstream::stream::Stream, Ranges), LoadError> {
     ensure_streams(
-        &jetstream,
+        jetstream,
         &config.common.streams,
         &[StreamKind::Enriched, StreamKind::Dlq],
     )
@@ -105,8 +180,19 @@ pub(crate) async fn connect(config: LoadConfig) -> Result<Ctx, LoadError> {
             stream: names::STREAM_ENRICHED.to_string(),
             source: err.into(),
         })?;
+    let ranges = Ranges::open(jetstream, &config.common.streams, owner).await?;
+    Ok((stream, ranges))
+}
+
+/// Connects to NATS, provisions streams and the range bucket, opens the stage: what replay
+/// (and a test or bench writing ranges directly) needs; no lease, no consumer.
+pub async fn connect(config: LoadConfig) -> Result<Ctx, LoadError> {
+    let stage = Stage::open(&config.stage_url, &config.stage_env())?;
+    let client = gong_common::nats::connect(&config.common, "gong-load").await?;
+    let jetstream =
+        gong_common::nats::jetstream_context(client, config.common.nats_request_timeout, 256);
     let owner = format!("load-{}", uuid::Uuid::now_v7());
-    let ranges = Ranges::open(&jetstream, &config.common.streams, owner).await?;
+    let (stream, ranges) = open_stream_and_ranges(&config, &jetstream, owner).await?;
     let snowpipe = config.snowpipe.clone().map(Snowpipe::new);
     Ok(Ctx {
         config,

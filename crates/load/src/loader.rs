@@ -8,14 +8,19 @@
 //! - `seq` at or after the batch's next sequence → appended; a gap is filled by reading the
 //!   missing sequences from the stream, so the batch is always exactly `first..=next-1`;
 //! - `seq` below the head of the manifest → covered by a recorded range: acknowledged if that
-//!   range is done, rewritten (takeover) if it is pending and either this loader's own (a
-//!   flush that failed after its claim) or older than `LOAD_RANGE_TAKEOVER_AFTER`, otherwise
-//!   nak'd with a delay.
+//!   range is done, rewritten (takeover) if it is pending: this loader holds the lease, so
+//!   whoever claimed it (an earlier holder, or this one before a failed flush) is not writing
+//!   it any more.
 //!
 //! A batch starts at the manifest's head and is flushed on rows, bytes, age (a timer that fires
 //! without traffic) or shutdown: claim the range (CAS), upload every table's file, then ack the
 //! held messages, then mark the range done. A lost claim discards the files and naks the held
 //! messages; they come back as covered.
+//!
+//! Only the holder of the `load` lease ([`gong_common::lease`]) pulls; other replicas are hot
+//! standbys that take over when the holder stops renewing or releases the lease on shutdown.
+//! Replicas add availability, not duplicate work. Losing the lease stops pulling at once and
+//! hands the open batch back.
 
 use std::time::Duration;
 
@@ -24,7 +29,9 @@ use futures::StreamExt;
 use gong_common::ack::{settle, Outcome};
 use gong_common::admin::Readiness;
 use gong_common::event::EnrichedEvent;
+use gong_common::lease::LeaseState;
 use gong_common::names::{self, Stage as PipelineStage};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -78,67 +85,64 @@ pub async fn ensure_consumer(
         })
 }
 
-/// Runs the live loop until `shutdown`, then flushes the open batch within the grace period.
+/// How a stretch of consuming ended.
+enum Interruption {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The lease went to another replica (or could not be renewed in time).
+    LeaseLost,
+    /// The message stream ended.
+    PullClosed,
+}
+
+/// Runs the live loop until `shutdown`: standby until this process holds the lease, consume
+/// while it does; then flushes the open batch within the grace period. An error is returned
+/// only for a failure no retry can fix (the stage then exits non-zero).
 pub async fn run(
     ctx: Ctx,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     readiness: Readiness,
     shutdown: CancellationToken,
+    mut lease: watch::Receiver<LeaseState>,
 ) -> Result<(), LoadError> {
     let mut loader = Loader {
         ctx,
         batch: None,
         shutdown: shutdown.clone(),
+        readiness: readiness.clone(),
     };
-    let mut messages = loop {
-        match consumer
-            .stream()
-            .max_messages_per_batch(loader.ctx.config.fetch_batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-        {
-            Ok(messages) => break messages,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot start pulling, retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    };
+    // A standby is ready: it is what makes the deployment available.
     readiness.set_started(true);
-    tracing::info!(stage = %loader.ctx.stage.url(), "gong-load consuming");
-    loop {
-        let deadline = loader.batch.as_ref().map(|batch| batch.deadline);
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = sleep_until(deadline) => {
-                if let Err(err) = loader.flush(FlushReason::Age).await {
-                    loader.flush_failed(err).await;
-                }
+    let outcome = loop {
+        metrics::lease_active(false);
+        let active = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            active = lease.wait_for(|state| *state == LeaseState::Active) => active.is_ok(),
+        };
+        if !active {
+            tracing::warn!("lease task ended");
+            break Ok(());
+        }
+        metrics::lease_active(true);
+        tracing::info!(stage = %loader.ctx.stage.url(), "holding the load lease: consuming");
+        match loader.consume(&consumer, &mut lease).await {
+            Ok(Interruption::Shutdown) => break Ok(()),
+            Ok(Interruption::LeaseLost) => {
+                tracing::warn!("load lease lost: standing by, open batch handed back");
+                loader.hand_back_batch().await;
             }
-            next = messages.next() => match next {
-                Some(Ok(message)) => {
-                    if let Err(err) = loader.on_message(message).await {
-                        loader.flush_failed(err).await;
-                    }
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "pull failed");
-                }
-                None => {
-                    tracing::warn!("message stream ended");
-                    break;
-                }
+            Ok(Interruption::PullClosed) => {
+                tracing::warn!("message stream ended; pulling again");
+            }
+            Err(err) => {
+                loader.hand_back_batch().await;
+                break Err(err);
             }
         }
-    }
+    };
     readiness.set_started(false);
-    drop(messages);
-    if loader.batch.is_some() {
+    metrics::lease_active(false);
+    if loader.batch.is_some() && outcome.is_ok() {
         tracing::info!("shutting down: flushing the open batch");
         let grace = loader.ctx.config.shutdown_grace;
         let give_up = CancellationToken::new();
@@ -156,7 +160,7 @@ pub async fn run(
         timer.abort();
     }
     tracing::info!("gong-load stopped");
-    Ok(())
+    outcome
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -170,9 +174,69 @@ struct Loader {
     ctx: Ctx,
     batch: Option<Batch>,
     shutdown: CancellationToken,
+    readiness: Readiness,
 }
 
 impl Loader {
+    /// Pulls and handles messages while this process holds the lease.
+    async fn consume(
+        &mut self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        lease: &mut watch::Receiver<LeaseState>,
+    ) -> Result<Interruption, LoadError> {
+        let mut messages = loop {
+            match consumer
+                .stream()
+                .max_messages_per_batch(self.ctx.config.fetch_batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(messages) => break messages,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot start pulling, retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(Interruption::Shutdown),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        loop {
+            let deadline = self.batch.as_ref().map(|batch| batch.deadline);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(Interruption::Shutdown),
+                changed = lease.changed() => {
+                    if changed.is_err() || *lease.borrow() != LeaseState::Active {
+                        return Ok(Interruption::LeaseLost);
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    let flushed = self.flush(FlushReason::Age).await;
+                    self.after_flush(flushed).await?;
+                }
+                next = messages.next() => match next {
+                    Some(Ok(message)) => {
+                        let handled = self.on_message(message).await;
+                        self.after_flush(handled).await?;
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "pull failed");
+                    }
+                    None => return Ok(Interruption::PullClosed),
+                }
+            }
+        }
+    }
+
+    /// Gives the open batch's messages back (nak) without writing it.
+    async fn hand_back_batch(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            abandon_held(&self.ctx, &batch.held).await;
+        }
+    }
+
     async fn on_message(&mut self, mut message: jetstream::Message) -> Result<(), LoadError> {
         let Ok(info) = message.info() else {
             tracing::warn!(subject = %message.subject, "message without jetstream metadata ignored");
@@ -362,8 +426,10 @@ impl Loader {
         {
             Ok(staged) => staged,
             Err(err) => {
-                // The claim stays pending: the messages come back after ack_wait and whoever
-                // gets them rewrites exactly this range.
+                // The claim stays pending; the messages come back at once and, covered by this
+                // pending range, make the active loader rewrite exactly this range from the
+                // stream (a lost spool file included).
+                abandon_held(&self.ctx, &batch.held).await;
                 return Err(err);
             }
         };
@@ -388,6 +454,7 @@ impl Loader {
         }
         metrics::flushed(reason);
         self.ctx.report_durable(&staged);
+        self.readiness.set_fault(None);
         Ok(())
     }
 }
@@ -425,15 +492,31 @@ async fn nak(ctx: &Ctx, message: &jetstream::Message) {
 }
 
 impl Loader {
-    async fn flush_failed(&mut self, err: LoadError) {
+    /// Decides what a failed step means: a failure no retry can fix (no message is at fault,
+    /// e.g. the spool directory cannot be written) ends the loop with the error; any other is
+    /// logged, makes the stage unready until a flush succeeds, and is retried (its messages
+    /// were handed back or come back after the ack wait).
+    async fn after_flush(&mut self, outcome: Result<(), LoadError>) -> Result<(), LoadError> {
+        let err = match outcome {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
         metrics::stage_error();
+        if err.is_fatal() {
+            tracing::error!(error = %err, "gong-load cannot go on; exiting");
+            self.readiness.set_fault(Some(format!("fatal: {err}")));
+            return Err(err);
+        }
         tracing::warn!(error = %err, "flush failed; messages will be redelivered");
+        self.readiness
+            .set_fault(Some(format!("flush failing: {err}")));
         // A dropped batch's messages were nak'd or will time out; back off a little so a
         // persistent failure does not spin.
         tokio::select! {
             _ = self.shutdown.cancelled() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        Ok(())
     }
 }
 
@@ -492,18 +575,11 @@ impl Loader {
             .await;
             return Ok(());
         }
-        let age = chrono::Utc::now() - record.updated_at;
-        let stale = age.to_std().unwrap_or_default() >= self.ctx.config.takeover_after;
-        // This loader writes one range at a time, inline, so a pending range it owns is not
-        // being written now: its flush failed after the claim (for instance a claim whose
-        // answer was lost in a NATS outage although the server stored it). Nobody else will
-        // take it over while this owner lives: rewrite it now. Another owner's range only
-        // once it is stale.
-        let mine = record.owner == self.ctx.ranges.owner();
-        if !mine && !stale {
-            nak(&self.ctx, &message).await;
-            return Ok(());
-        }
+        // Pending: its claimer is not writing it now. This process holds the lease, so another
+        // claimer has stopped being the active loader (it died, or lost the lease; if it is
+        // still finishing, both write the same bytes under the same names); and this loader
+        // writes one range at a time, inline, so a pending range of its own is one whose
+        // flush failed after the claim. Rewrite it now. No clock is compared.
         let Some(revision) = self.ctx.ranges.take_over(&known).await? else {
             nak(&self.ctx, &message).await;
             return Ok(());

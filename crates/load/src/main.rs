@@ -202,6 +202,12 @@ fn replay(from_seq: Option<u64>, since: Option<String>, until: Option<String>) {
                 "gong-load: replayed {} ranges ({} files, {} events) for sequences {}..={}; {} later sequences are left to the live loader",
                 summary.ranges, summary.files, summary.events, summary.from_seq, summary.to_seq, summary.left_to_live
             );
+            if summary.expired > 0 {
+                eprintln!(
+                    "gong-load: {} ranges were skipped: part of their events expired from GONG_ENRICHED, their staged files are left as they are",
+                    summary.expired
+                );
+            }
         }
         Err(err) => {
             tracing::error!(error = %anyhow::Error::from(err), "replay failed");

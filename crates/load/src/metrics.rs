@@ -68,6 +68,7 @@ pub fn register() {
     metrics::counter!("gong_load_stage_errors_total").increment(0);
     metrics::counter!("gong_load_ranges_lost_total").increment(0);
     metrics::counter!("gong_load_ranges_taken_over_total").increment(0);
+    lease_active(false);
     // A histogram handle registers the series; it renders with zero counts until a sample.
     let _ = metrics::histogram!("gong_load_file_size_bytes");
     let _ = metrics::histogram!("gong_load_event_to_staged_seconds");
@@ -115,6 +116,12 @@ pub fn range_lost() {
 /// `gong_load_ranges_taken_over_total`: pending ranges rewritten after their owner stopped.
 pub fn range_taken_over() {
     metrics::counter!("gong_load_ranges_taken_over_total").increment(1);
+}
+
+/// `gong_load_lease_active`: 1 while this replica holds the `load` lease (the active loader),
+/// 0 on a hot standby. Summed over replicas it is 1 in a healthy deployment.
+pub fn lease_active(active: bool) {
+    metrics::gauge!("gong_load_lease_active").set(if active { 1.0 } else { 0.0 });
 }
 
 /// `gong_load_dead_letters_total{reason}`.

@@ -4,11 +4,20 @@
 //! takeover of a stopped replica's range, and by replay (rows read from the stream). In every
 //! case the content is the events on `gong.enriched.call` whose GONG_ENRICHED sequence is in
 //! `first..=last`, in sequence order, minus the poison ones: a pure function of the range.
+//!
+//! Reads that decide what a file contains are consistent: every sequence of the range is read
+//! by number through `STREAM.MSG.GET`, which only the stream leader answers (a direct get may
+//! be answered by a follower that has not received the newest messages, and its "not found"
+//! would silently shorten the range). A sequence the leader does not have is accepted as absent
+//! only when the leader's stream state lists it as deleted; otherwise (a leader elected a moment
+//! ago may lag) it is asked again, and the range is not written until every sequence of
+//! `first..=last` is accounted for.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::AckKind, stream::DirectGetErrorKind};
+use async_nats::jetstream::{self, message::AckKind, stream::RawMessageErrorKind};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use gong_common::event::{DecodeError, EnrichedEvent};
 use gong_common::names;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +33,13 @@ use crate::stage::{relative_path, Stage};
 
 /// Events handed to a blocking encoding task at once.
 pub const ENCODE_CHUNK: usize = 256;
+
+/// Stream reads in flight at once while reading a range back (requests to the stream leader).
+const READ_CONCURRENCY: usize = 64;
+
+/// How long a sequence the leader does not have is asked for again before the range is given
+/// up (for now: its messages come back and the range is tried again).
+const ABSENT_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// A payload from GONG_ENRICHED, decoded.
 #[derive(Debug)]
@@ -88,6 +104,16 @@ pub struct StagedRange {
     pub events: usize,
 }
 
+/// Why the stream leader has no message at a sequence.
+enum Absence {
+    /// Listed as deleted in the leader's stream state: gone for good.
+    Deleted,
+    /// Below the stream's first sequence: removed by the retention limits.
+    Expired { first: u64 },
+    /// Neither: the leader may lag (elected a moment ago). Ask again.
+    Unexplained { last: u64 },
+}
+
 /// What every writer of ranges shares.
 pub struct Ctx {
     /// Configuration.
@@ -142,51 +168,107 @@ impl Ctx {
             .map_err(LoadError::from)
     }
 
-    /// The next message on `gong.enriched.call` at or after `seq`, if any.
-    pub async fn next_in_stream(
+    /// Message `seq` of GONG_ENRICHED, read from the stream leader; `None` when the leader's
+    /// stream state lists it as deleted. A sequence below the stream's first (expired) or not
+    /// accounted for within [`ABSENT_RETRY_FOR`] is an error: the caller must not write a range
+    /// without it.
+    pub async fn read_seq(
         &self,
         seq: u64,
     ) -> Result<Option<jetstream::message::StreamMessage>, LoadError> {
-        let mut attempt = 0u32;
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
         loop {
-            match self
-                .stream
-                .direct_get_next_for_subject(names::SUBJECT_ENRICHED_CALL, Some(seq))
-                .await
-            {
+            let missing = match self.stream.get_raw_message(seq).await {
                 Ok(message) => return Ok(Some(message)),
-                Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-                Err(err) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(stream_seq = seq, error = %err, "direct get failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(attempt))).await;
+                Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => {
+                    match self.absence(seq).await? {
+                        Absence::Deleted => return Ok(None),
+                        Absence::Expired { first } => {
+                            return Err(LoadError::RangeIncomplete {
+                                seq,
+                                reason: format!(
+                                    "expired: the stream now starts at sequence {first}"
+                                ),
+                            })
+                        }
+                        Absence::Unexplained { last } => format!(
+                            "the stream leader does not have it (its last sequence is {last})"
+                        ),
+                    }
                 }
-                Err(err) => {
-                    return Err(LoadError::ReadStream {
-                        stream: names::STREAM_ENRICHED.to_string(),
-                        seq,
-                        source: err.into(),
-                    })
-                }
+                Err(err) => err.to_string(),
+            };
+            if started.elapsed() >= ABSENT_RETRY_FOR {
+                return Err(LoadError::RangeIncomplete {
+                    seq,
+                    reason: missing,
+                });
             }
+            tracing::warn!(stream_seq = seq, reason = %missing, "sequence not read, asking again");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
-    /// Appends to `spool` the loadable events of `from..=to` read from the stream.
+    /// Why the stream leader has no message `seq`, from its stream state.
+    async fn absence(&self, seq: u64) -> Result<Absence, LoadError> {
+        let read_error = |err: async_nats::Error| LoadError::ReadStream {
+            stream: names::STREAM_ENRICHED.to_string(),
+            seq,
+            source: err,
+        };
+        let info = self
+            .stream
+            .info_builder()
+            .with_deleted(true)
+            .fetch()
+            .await
+            .map_err(|err| read_error(err.into()))?
+            .info;
+        let state = &info.state;
+        if seq < state.first_sequence {
+            return Ok(Absence::Expired {
+                first: state.first_sequence,
+            });
+        }
+        let deleted = state
+            .deleted
+            .as_ref()
+            .is_some_and(|deleted| deleted.contains(&seq));
+        if deleted && seq <= state.last_sequence {
+            tracing::warn!(
+                stream_seq = seq,
+                "sequence deleted from the stream; the range is written without it"
+            );
+            return Ok(Absence::Deleted);
+        }
+        Ok(Absence::Unexplained {
+            last: state.last_sequence,
+        })
+    }
+
+    /// Appends to `spool` the loadable events of `from..=to` read from the stream leader,
+    /// every sequence accounted for (see [`Ctx::read_seq`]).
     pub async fn append_from_stream(
         &self,
         mut spool: Spool,
         from: u64,
         to: u64,
     ) -> Result<Spool, LoadError> {
-        let mut seq = from;
+        if from > to {
+            return Ok(spool);
+        }
+        let mut reads = futures::stream::iter(from..=to)
+            .map(|seq| self.read_seq(seq))
+            .buffered(READ_CONCURRENCY);
         let mut chunk = Vec::new();
-        while seq <= to {
-            let Some(message) = self.next_in_stream(seq).await? else {
-                break;
+        while let Some(read) = reads.next().await {
+            let Some(message) = read? else {
+                continue;
             };
-            if message.sequence > to {
-                break;
+            if message.subject.as_str() != names::SUBJECT_ENRICHED_CALL {
+                continue;
             }
             if let Decoded::Event(event) = decode(&message.payload) {
                 chunk.push((message.sequence, event));
@@ -194,8 +276,8 @@ impl Ctx {
             if chunk.len() >= ENCODE_CHUNK {
                 spool = self.encode(spool, std::mem::take(&mut chunk)).await?;
             }
-            seq = message.sequence + 1;
         }
+        drop(reads);
         self.encode(spool, chunk).await
     }
 
@@ -218,6 +300,12 @@ impl Ctx {
                 let bytes = loop {
                     match self.stage.upload(&file.path, &relative).await {
                         Ok(bytes) => break bytes,
+                        // The spool file is gone (or unreadable): retrying cannot bring it back.
+                        // The caller hands the messages back; the range is rebuilt from the
+                        // stream under the same names.
+                        Err(err @ crate::stage::StageError::ReadSpool { .. }) => {
+                            return Err(err.into());
+                        }
                         Err(err) => {
                             metrics::stage_error();
                             tracing::warn!(

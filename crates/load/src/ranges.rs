@@ -1,16 +1,28 @@
 //! The range manifest: which GONG_ENRICHED sequence ranges became which files.
 //!
-//! KV bucket `gong_load_ranges` (opened with `ensure_kv`, history 1, max age = the enriched
-//! stream's, so a record lives as long as the events it covers):
-//! - `range.<first:020>` → [`RangeRecord`] `{first, last, state, owner, updated_at}`;
-//! - `head` → `{next}`: the first sequence not covered by any range.
+//! - KV bucket `gong_load_ranges` (opened with `ensure_kv`, history 1, max age = the enriched
+//!   stream's, so a record lives as long as the events it covers): `range.<first:020>` →
+//!   [`RangeRecord`] `{first, last, state, owner, updated_at}`;
+//! - the head, a [`Register`] of its own (bucket `gong_load_head`) → `{next}`: the first
+//!   sequence not covered by any range. (Older versions kept it as the key `head` of the ranges
+//!   bucket; it is carried over once.)
 //!
-//! Ranges chain: every batch starts at `head.next`, so ranges never overlap and cover every
-//! sequence once. A batch is claimed with a compare-and-set `create` of `range.<first>` (only
-//! one replica can create it); the winner then moves `head` past its range with a CAS update
-//! (any replica that finds a record ahead of `head` helps it forward, so a crash between the two
-//! steps leaves no hole). Records are marked `done` once the files are durable and the held
-//! messages acknowledged; they are kept as the manifest replay uses to rebuild the same files.
+//! Ranges chain: every batch starts at the head, so ranges never overlap and cover every
+//! sequence once. A batch is claimed with a `create` of `range.<first>` (atomic: one creator
+//! wins, checked by every replica); the winner then moves the head past its range. The head
+//! moves only forward, by compare-and-set on a single-key register (atomic even on a
+//! nats-server 2.9 cluster, where `kv::Store::update` is not), and only to the end of a range
+//! whose key exists; so the head leaves a value `h` only through the one range created at `h`,
+//! and two ranges can never overlap. Any replica that finds a record at the head helps the head
+//! past it, so a crash between the two steps leaves no hole.
+//!
+//! Records are marked `done` once the files are durable and the held messages acknowledged;
+//! they are kept as the manifest replay uses to rebuild the same files. `done`/`pending`/owner
+//! updates use `kv::Store::update`, which a 2.9 cluster does not make atomic: they only decide
+//! whether a range is rewritten again (same names, same bytes), never what a file holds.
+//!
+//! Every read comes from the stream leader (no direct gets): a record or the head is never
+//! answered by a follower that missed the newest write.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -22,11 +34,15 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use gong_common::names;
-use gong_common::streams::{ensure_kv, StreamSettings};
+use gong_common::register::{Register, RegisterError};
+use gong_common::streams::{ensure_kv, ProvisionError, StreamSettings};
 use serde::{Deserialize, Serialize};
 
-/// Key of the head record.
+/// Key of the head in its register (and, in older versions, in the ranges bucket).
 pub const HEAD_KEY: &str = "head";
+
+/// The bucket of the head register.
+pub const HEAD_BUCKET: &str = "gong_load_head";
 
 /// The key of the range starting at `first`.
 pub fn range_key(first: u64) -> String {
@@ -125,8 +141,21 @@ pub enum Claim {
 /// The manifest, with a cache of the records seen.
 pub struct Ranges {
     kv: kv::Store,
+    head: Register,
+    /// The ranges bucket's backing stream, for listing keys through its leader.
+    stream: jetstream::stream::Stream,
     owner: String,
     cache: Mutex<BTreeMap<u64, Known>>,
+    /// First sequences of every range known (from listings and claims).
+    firsts: Mutex<std::collections::BTreeSet<u64>>,
+}
+
+fn register_error(operation: &'static str) -> impl FnOnce(RegisterError) -> RangeError {
+    move |err| RangeError {
+        operation,
+        key: HEAD_KEY.to_string(),
+        source: err.into(),
+    }
 }
 
 impl Ranges {
@@ -135,7 +164,7 @@ impl Ranges {
         jetstream: &jetstream::Context,
         settings: &StreamSettings,
         owner: String,
-    ) -> Result<Ranges, gong_common::streams::ProvisionError> {
+    ) -> Result<Ranges, ProvisionError> {
         let kv = ensure_kv(
             jetstream,
             names::BUCKET_LOAD_RANGES,
@@ -144,11 +173,63 @@ impl Ranges {
             settings,
         )
         .await?;
-        Ok(Ranges {
+        let head = Register::open(
+            jetstream,
+            HEAD_BUCKET,
+            HEAD_KEY,
+            std::time::Duration::ZERO,
+            settings,
+        )
+        .await?;
+        let stream_name = format!("KV_{}", names::BUCKET_LOAD_RANGES);
+        let stream =
+            jetstream
+                .get_stream(&stream_name)
+                .await
+                .map_err(|err| ProvisionError::KeyValue {
+                    bucket: names::BUCKET_LOAD_RANGES.to_string(),
+                    source: err.into(),
+                })?;
+        let ranges = Ranges {
             kv,
+            head,
+            stream,
             owner,
             cache: Mutex::new(BTreeMap::new()),
-        })
+            firsts: Mutex::new(Default::default()),
+        };
+        ranges
+            .carry_over_old_head()
+            .await
+            .map_err(|err| ProvisionError::KeyValue {
+                bucket: HEAD_BUCKET.to_string(),
+                source: err.into(),
+            })?;
+        Ok(ranges)
+    }
+
+    /// Moves a head kept by an older version (key `head` of the ranges bucket) into the
+    /// register, once.
+    async fn carry_over_old_head(&self) -> Result<(), RangeError> {
+        if self.head().await?.is_some() {
+            return Ok(());
+        }
+        let old = self
+            .kv
+            .entry(HEAD_KEY)
+            .await
+            .map_err(|err| range_error("read", HEAD_KEY)(err.into()))?;
+        let Some(old) = old.filter(|entry| entry.operation == kv::Operation::Put) else {
+            return Ok(());
+        };
+        let Ok(head) = serde_json::from_slice::<Head>(&old.value) else {
+            return Ok(());
+        };
+        tracing::info!(
+            next = head.next,
+            "range head carried over to its own register"
+        );
+        self.advance_head(head.next).await
     }
 
     /// This process's owner id.
@@ -156,19 +237,16 @@ impl Ranges {
         &self.owner
     }
 
-    /// The first sequence not covered by a range, if any range was ever recorded.
+    /// The first sequence not covered by a range, and the head's revision, if any range was
+    /// ever recorded.
     pub async fn head(&self) -> Result<Option<(u64, u64)>, RangeError> {
-        let entry = self
-            .kv
-            .entry(HEAD_KEY)
-            .await
-            .map_err(|err| range_error("read", HEAD_KEY)(err.into()))?;
-        Ok(entry.and_then(|entry| {
-            if entry.operation != kv::Operation::Put {
+        let current = self.head.read().await.map_err(register_error("read"))?;
+        Ok(current.and_then(|current| {
+            if !current.is_put {
                 return None;
             }
-            let head: Head = serde_json::from_slice(&entry.value).ok()?;
-            Some((head.next, entry.revision))
+            let head: Head = serde_json::from_slice(&current.value).ok()?;
+            Some((head.next, current.revision))
         }))
     }
 
@@ -180,30 +258,27 @@ impl Ranges {
             }
             let value =
                 Bytes::from(serde_json::to_vec(&Head { next: initial }).unwrap_or_default());
-            match self.kv.create(HEAD_KEY, value).await {
+            match self.head.write(value, None).await {
                 Ok(_) => return Ok(initial),
-                Err(err) if err.kind() == CreateErrorKind::AlreadyExists => continue,
-                Err(err) => return Err(range_error("create", HEAD_KEY)(err.into())),
+                Err(RegisterError::Conflict { .. }) => continue,
+                Err(err) => return Err(register_error("create")(err)),
             }
         }
     }
 
-    /// Moves the head forward to `to` (never backwards).
+    /// Moves the head forward to `to` (never backwards), by compare-and-set.
     pub async fn advance_head(&self, to: u64) -> Result<(), RangeError> {
         for _ in 0..100 {
             let value = Bytes::from(serde_json::to_vec(&Head { next: to }).unwrap_or_default());
-            match self.head().await? {
+            let expected = match self.head().await? {
                 Some((next, _)) if next >= to => return Ok(()),
-                Some((_, revision)) => match self.kv.update(HEAD_KEY, value, revision).await {
-                    Ok(_) => return Ok(()),
-                    Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                    Err(err) => return Err(range_error("update", HEAD_KEY)(err.into())),
-                },
-                None => match self.kv.create(HEAD_KEY, value).await {
-                    Ok(_) => return Ok(()),
-                    Err(err) if err.kind() == CreateErrorKind::AlreadyExists => continue,
-                    Err(err) => return Err(range_error("create", HEAD_KEY)(err.into())),
-                },
+                Some((_, revision)) => Some(revision),
+                None => None,
+            };
+            match self.head.write(value, expected).await {
+                Ok(_) => return Ok(()),
+                Err(RegisterError::Conflict { .. }) => continue,
+                Err(err) => return Err(register_error("update")(err)),
             }
         }
         Err(range_error("update", HEAD_KEY)(
@@ -228,6 +303,8 @@ impl Ranges {
                 self.advance_head(last + 1).await?;
                 Ok(Claim::Won { revision })
             }
+            // A create (`Nats-Expected-Last-Subject-Sequence: 0`) is checked by every replica
+            // when applied: exactly one claim of `range.<first>` wins, even on a cluster.
             Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {
                 let existing = self.fetch(first).await?;
                 if let Some(known) = &existing {
@@ -315,26 +392,43 @@ impl Ranges {
     /// replay writes the same files). Otherwise the record is re-read from the bucket so its
     /// state and revision are current (the cache only narrows the search). After a lost claim
     /// every message of the range comes back, so this saves a KV read per message.
+    ///
+    /// `None` only after the bucket's key list, read through its stream leader, was searched:
+    /// an answer that decides to stage a sequence on its own must not come from a stale
+    /// follower.
     pub async fn covering(&self, seq: u64) -> Result<Option<Known>, RangeError> {
         if let Some(done) = self.cached_done(seq) {
             return Ok(Some(done));
         }
-        let cached = self.cached_first(seq);
-        if let Some(first) = cached {
+        if let Some(first) = self.known_first(seq) {
             if let Some(known) = self.fetch(first).await? {
                 if known.record.covers(seq) {
                     return Ok(Some(known));
                 }
             }
         }
-        let firsts = self.firsts().await?;
-        let Some(first) = firsts.into_iter().filter(|first| *first <= seq).max() else {
+        self.refresh_firsts().await?;
+        let Some(first) = self.known_first(seq) else {
             return Ok(None);
         };
         Ok(self
             .fetch(first)
             .await?
             .filter(|known| known.record.covers(seq)))
+    }
+
+    /// The greatest known range start at or below `seq`.
+    fn known_first(&self, seq: u64) -> Option<u64> {
+        let firsts = self.firsts.lock().ok()?;
+        firsts.range(..=seq).next_back().copied()
+    }
+
+    async fn refresh_firsts(&self) -> Result<(), RangeError> {
+        let listed = self.firsts().await?;
+        if let Ok(mut firsts) = self.firsts.lock() {
+            firsts.extend(listed);
+        }
+        Ok(())
     }
 
     /// Every recorded range, in sequence order (for replay).
@@ -350,20 +444,29 @@ impl Ranges {
         Ok(out)
     }
 
+    /// Every range start, from the key list of the bucket's stream as its leader knows it
+    /// (`STREAM.INFO` with a subjects filter; `kv::Store::keys` would read through a consumer
+    /// that may sit on a follower).
     async fn firsts(&self) -> Result<Vec<u64>, RangeError> {
-        let keys = tokio::time::timeout(Duration::from_secs(30), async {
-            let keys = self
-                .kv
-                .keys()
+        let prefix = format!("$KV.{}.", names::BUCKET_LOAD_RANGES);
+        let filter = format!("{prefix}range.>");
+        let subjects = tokio::time::timeout(Duration::from_secs(30), async {
+            let listing = self
+                .stream
+                .info_with_subjects(&filter)
                 .await
                 .map_err(|err| range_error("list", "range.*")(err.into()))?;
-            keys.try_collect::<Vec<String>>()
+            listing
+                .try_collect::<Vec<(String, usize)>>()
                 .await
                 .map_err(|err| range_error("list", "range.*")(err.into()))
         })
         .await
         .map_err(|_| range_error("list", "range.*")("timed out".into()))??;
-        Ok(keys.iter().filter_map(|key| parse_range_key(key)).collect())
+        Ok(subjects
+            .iter()
+            .filter_map(|(subject, _)| parse_range_key(subject.strip_prefix(&prefix)?))
+            .collect())
     }
 
     fn cached_done(&self, seq: u64) -> Option<Known> {
@@ -376,16 +479,10 @@ impl Ranges {
             .cloned()
     }
 
-    fn cached_first(&self, seq: u64) -> Option<u64> {
-        let cache = self.cache.lock().ok()?;
-        cache
-            .range(..=seq)
-            .next_back()
-            .filter(|(_, known)| known.record.covers(seq))
-            .map(|(first, _)| *first)
-    }
-
     fn remember(&self, known: Known) {
+        if let Ok(mut firsts) = self.firsts.lock() {
+            firsts.insert(known.record.first);
+        }
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(known.record.first, known);
             // Bound the cache: only recent ranges are looked up on the hot path.

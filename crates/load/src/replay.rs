@@ -48,6 +48,9 @@ pub struct ReplaySummary {
     pub events: usize,
     /// Sequences of the window after the manifest head (left to the live loader).
     pub left_to_live: u64,
+    /// Recorded ranges skipped because part of them expired from GONG_ENRICHED (their staged
+    /// files are left as they are; a rewrite would be short).
+    pub expired: usize,
     /// The resolved window.
     pub from_seq: u64,
     /// The resolved window.
@@ -98,16 +101,27 @@ pub async fn replay(
         None => stream_last,
     };
     let head = ctx.ranges.head().await?.map(|(next, _)| next).unwrap_or(1);
-    let ranges: Vec<_> = ctx
+    let (ranges, expired): (Vec<_>, Vec<_>) = ctx
         .ranges
         .all()
         .await?
         .into_iter()
         .filter(|known| known.record.last >= from_seq && known.record.first <= to_seq)
-        .collect();
+        .partition(|known| known.record.first >= stream_first);
+    for known in &expired {
+        // Its first events are gone from the stream: a rewrite would be short. The staged
+        // files stay as they are.
+        tracing::warn!(
+            first = known.record.first,
+            last = known.record.last,
+            stream_first,
+            "range partly expired from GONG_ENRICHED; its files are left as they are"
+        );
+    }
     let mut summary = ReplaySummary {
         from_seq,
         to_seq,
+        expired: expired.len(),
         left_to_live: if to_seq >= head {
             to_seq + 1 - head.max(from_seq)
         } else {
@@ -151,7 +165,7 @@ pub async fn replay(
 }
 
 /// The first sequence on `gong.enriched.call` stored at or after `time` (binary search over
-/// sequences; stream timestamps grow with sequences).
+/// sequences, read through the stream leader; stream timestamps grow with sequences).
 async fn first_at_or_after(
     ctx: &crate::range_writer::Ctx,
     time: DateTime<Utc>,
@@ -163,7 +177,27 @@ async fn first_at_or_after(
     let mut high = stream_last + 1;
     while low < high {
         let middle = low + (high - low) / 2;
-        match ctx.next_in_stream(middle).await? {
+        let next = match ctx
+            .stream
+            .get_first_raw_message_by_subject(gong_common::names::SUBJECT_ENRICHED_CALL, middle)
+            .await
+        {
+            Ok(message) => Some(message),
+            Err(err)
+                if err.kind()
+                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+            {
+                None
+            }
+            Err(err) => {
+                return Err(LoadError::ReadStream {
+                    stream: gong_common::names::STREAM_ENRICHED.to_string(),
+                    seq: middle,
+                    source: err.into(),
+                })
+            }
+        };
+        match next {
             Some(message) if message.sequence <= stream_last => {
                 if message.time.unix_timestamp_nanos() >= wanted {
                     high = middle;

@@ -32,7 +32,7 @@ fn spawn_loader(harness: &Harness, crash: bool) -> Child {
         .env("LOAD_FLUSH_MAX_ROWS", "5")
         .env("LOAD_FLUSH_MAX_AGE", "1s")
         .env("LOAD_ACK_WAIT", "3s")
-        .env("LOAD_RANGE_TAKEOVER_AFTER", "1s")
+        .env("LOAD_LEASE_TTL", "2s")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -1,12 +1,9 @@
 //! Live loading: files read back, flush policy, poison, metrics.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use gong_common::names::{self, headers};
 use gong_load::metrics::FLUSH_REASONS;
-use gong_load::ranges::RangeRecord;
 use gong_load::schema::{Table, META_SCHEMA_VERSION, SCHEMA_VERSION};
 use gong_load::stage::{file_name, parse_file_name};
 use gong_testkit::wait_until;
@@ -301,58 +298,5 @@ async fn stage_errors_are_retried_and_nothing_is_acked_until_files_are_durable()
                 );
             }
         }
-    }
-}
-
-#[tokio::test]
-async fn two_replicas_stage_every_event_exactly_once_in_disjoint_ranges() {
-    let mut harness = Harness::new().await;
-    harness
-        .start_loader(&[("LOAD_FLUSH_MAX_ROWS", "4"), ("LOAD_FETCH_BATCH", "3")])
-        .await;
-    let first = harness.loader.take();
-    harness
-        .start_loader(&[("LOAD_FLUSH_MAX_ROWS", "4"), ("LOAD_FETCH_BATCH", "3")])
-        .await;
-    publish_events(&harness.jetstream, 1, 40).await;
-    wait_calls_rows(&harness.stage_dir(), 40).await;
-    harness.wait_all_acked().await;
-    let files = read_stage(&harness.stage_dir());
-    let mut ids = call_event_ids(&files);
-    ids.sort();
-    let total = ids.len();
-    ids.dedup();
-    assert_eq!((total, ids.len()), (40, 40), "{:?}", files.keys());
-    let mut ranges: Vec<(u64, u64)> = files
-        .keys()
-        .filter(|path| path.starts_with("calls/"))
-        .map(|path| parse_file_name(path.rsplit('/').next().unwrap()).unwrap())
-        .collect();
-    ranges.sort();
-    for pair in ranges.windows(2) {
-        assert!(pair[0].1 < pair[1].0, "overlapping ranges {ranges:?}");
-    }
-    // Both replicas worked: a range record names the replica that claimed (or took over and
-    // rewrote) it, and only a replica given messages does either.
-    let kv = harness
-        .jetstream
-        .get_key_value(names::BUCKET_LOAD_RANGES)
-        .await
-        .unwrap();
-    let keys: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
-    let mut owners = BTreeSet::new();
-    for key in keys.iter().filter(|key| key.starts_with("range.")) {
-        let value = kv.get(key).await.unwrap().expect("range record");
-        let record: RangeRecord = serde_json::from_slice(&value).unwrap();
-        owners.insert(record.owner);
-    }
-    assert!(
-        owners.len() >= 2,
-        "ranges written by {owners:?} only; keys {keys:?}"
-    );
-    harness.stop_loader().await;
-    if let Some((running, shutdown)) = first {
-        shutdown.cancel();
-        running.task.await.unwrap().unwrap();
     }
 }

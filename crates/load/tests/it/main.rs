@@ -2,10 +2,12 @@
 
 mod support;
 
+mod consistency;
 mod crash;
 mod loading;
 mod process;
 mod ranges;
 mod replay;
+mod replicas;
 mod s3;
 mod snowflake;

@@ -124,7 +124,7 @@ pub fn env_pairs(nats: &NatsServer, stage: &Path, extra: &[(&str, &str)]) -> Vec
         ),
         ("LOAD_FLUSH_MAX_AGE", "1s".to_string()),
         ("LOAD_ACK_WAIT", "4s".to_string()),
-        ("LOAD_RANGE_TAKEOVER_AFTER", "1s".to_string()),
+        ("LOAD_LEASE_TTL", "2s".to_string()),
         ("LOAD_FLUSH_MAX_ROWS", "1000".to_string()),
         ("LOAD_SHUTDOWN_GRACE", "5s".to_string()),
     ]
@@ -190,9 +190,13 @@ impl Harness {
         let admin = admin_addr.to_string();
         let mut extra = extra.to_vec();
         extra.push(("ADMIN_ADDR", &admin));
-        let log = std::fs::File::create(self.root.path().join("gong-load.log"))
-            .map(Stdio::from)
-            .unwrap_or(Stdio::null());
+        let log = std::fs::File::create(
+            self.root
+                .path()
+                .join(format!("gong-load-{}.log", admin_addr.port())),
+        )
+        .map(Stdio::from)
+        .unwrap_or(Stdio::null());
         let child = Command::new(env!("CARGO_BIN_EXE_gong-load"))
             .env_clear()
             .envs(env_pairs(&self.nats, &self.stage_dir(), &extra))
@@ -243,6 +247,24 @@ impl LoaderProcess {
             .unwrap()
             .unwrap();
         assert!(status.success(), "gong-load exited with {status}");
+    }
+}
+
+impl LoaderProcess {
+    /// Waits for the process to exit by itself (panics after `timeout`).
+    pub async fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("gong-load did not exit within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -4,7 +4,9 @@ use gong_load::replay::{replay, ReplayWindow};
 use gong_load::LoadConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{publish_events, read_stage, render_rows, wait_calls_rows, Harness};
+use crate::support::{
+    differing_files, publish_events, read_stage, render_rows, stage_bytes, wait_calls_rows, Harness,
+};
 
 #[tokio::test]
 async fn replay_after_wiping_the_stage_reproduces_names_and_rows() {
@@ -15,6 +17,7 @@ async fn replay_after_wiping_the_stage_reproduces_names_and_rows() {
     harness.wait_all_acked().await;
     harness.stop_loader().await;
     let live = render_rows(&read_stage(&harness.stage_dir()));
+    let live_bytes = stage_bytes(&harness.stage_dir());
     assert!(live.len() >= 3 * 6, "{:?}", live.keys());
 
     std::fs::remove_dir_all(harness.stage_dir()).unwrap();
@@ -44,6 +47,11 @@ async fn replay_after_wiping_the_stage_reproduces_names_and_rows() {
         "replay must reproduce the live file names"
     );
     assert_eq!(replayed, live, "replay must reproduce the live rows");
+    let differing = differing_files(&live_bytes, &stage_bytes(&harness.stage_dir()));
+    assert!(
+        differing.is_empty(),
+        "replay must reproduce the live files byte for byte: {differing:?}"
+    );
 
     // A window in the middle rewrites only the ranges that overlap it, whole.
     std::fs::remove_dir_all(harness.stage_dir()).unwrap();
@@ -64,6 +72,12 @@ async fn replay_after_wiping_the_stage_reproduces_names_and_rows() {
     for (path, rows) in &partial {
         assert_eq!(live.get(path), Some(rows), "{path}");
     }
+    for (path, bytes) in stage_bytes(&harness.stage_dir()) {
+        assert!(
+            live_bytes.get(&path) == Some(&bytes),
+            "{path} changed bytes"
+        );
+    }
     assert!(partial.len() < live.len());
 }
 
@@ -76,6 +90,7 @@ async fn replay_binary_ends_by_itself_and_rebuilds_the_same_files() {
     harness.wait_all_acked().await;
     harness.stop_loader().await;
     let live = render_rows(&read_stage(&harness.stage_dir()));
+    let live_bytes = stage_bytes(&harness.stage_dir());
     std::fs::remove_dir_all(harness.stage_dir()).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_gong-load"))
         .args(["replay", "--since", "2000-01-01T00:00:00Z"])
@@ -93,4 +108,6 @@ async fn replay_binary_ends_by_itself_and_rebuilds_the_same_files() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("replayed 3 ranges"), "{stderr}");
     assert_eq!(render_rows(&read_stage(&harness.stage_dir())), live);
+    let differing = differing_files(&live_bytes, &stage_bytes(&harness.stage_dir()));
+    assert!(differing.is_empty(), "bytes differ: {differing:?}");
 }

@@ -357,6 +357,36 @@ pub fn read_stage(dir: &Path) -> BTreeMap<String, FileContent> {
     out
 }
 
+/// The exact bytes of every staged file, by path relative to the stage. Snowflake's load
+/// history is keyed on names, so a rewrite must give the same bytes, not only the same rows.
+pub fn stage_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for path in gong_load::inspect::parquet_files(dir).unwrap_or_default() {
+        let relative = path
+            .strip_prefix(dir)
+            .expect("under the stage")
+            .to_string_lossy()
+            .to_string();
+        out.insert(relative, std::fs::read(&path).expect("read file"));
+    }
+    out
+}
+
+/// Paths whose bytes differ between two stage listings (or exist in one only).
+pub fn differing_files(
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|path| before.get(*path) != after.get(*path))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// Reads a Parquet file with the parquet crate.
 pub fn read_parquet(bytes: &[u8]) -> FileContent {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(bytes))

@@ -26,4 +26,7 @@ pub enum IngestError {
     /// Streams could not be provisioned.
     #[error(transparent)]
     Provision(#[from] gong_common::streams::ProvisionError),
+    /// Shutdown was requested while the streams were still being provisioned.
+    #[error("shutdown requested while provisioning")]
+    Interrupted,
 }

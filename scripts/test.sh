@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls this script):
-# set-up of missing tools, formatting, lints, every crate's unit and integration tests against
-# real nats-server processes, the deployment checks, and the benchmarks in quick mode.
+# set-up of missing tools, formatting, lints, dependency policy and advisories, every crate's unit
+# and integration tests against real nats-server processes, the deployment checks, the container
+# image and its smoke test, and the benchmarks in quick mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --test
-export PATH="$PATH:/usr/sbin"
+# Python comes from setup.sh's virtual environment (moto_server, the interop and deploy checks,
+# the acceptance benchmark's baseline): its bin first on PATH.
+export VIRTUAL_ENV="$PWD/${GONG_VENV:-target/venv}"
+export PATH="$VIRTUAL_ENV/bin:$PATH:/usr/sbin"
 if [ "${CI:-}" = "true" ]; then
   # Cold builds on 2 cores: incremental artefacts only cost time in a fresh clone.
   export CARGO_INCREMENTAL=0
 fi
 export RUST_BACKTRACE=1
 
-step() { echo; echo "==> $*"; }
+# Each step ends with its duration (the suite must stay under 30 minutes on 2 cores in CI).
+step_started=$SECONDS
+step_name=
+step() {
+  [ -z "$step_name" ] || echo "    ($step_name: $((SECONDS - step_started)) s)"
+  step_started=$SECONDS
+  step_name=${1:0:40}
+  echo; echo "==> $*"
+}
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -33,17 +33,29 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo deny (bans, licenses, sources; see deny.toml for advisories)"
+step "cargo deny: advisories (RustSec snapshot, offline), bans, licenses, sources"
+# deny.toml's db-path and scripts/advisory-db.sh's directory name are this version's.
+deny_version=0.20.2
 if ! command -v cargo-deny >/dev/null 2>&1; then
   if [ "${CI:-}" = "true" ]; then
     # A debug build of the tool compiles in a fraction of the release build's time.
-    cargo install --locked --debug cargo-deny
+    cargo install --locked --debug cargo-deny --version "$deny_version"
   else
-    echo "cargo-deny not installed: skipping (install with: cargo install --locked cargo-deny)"
+    echo "cargo-deny not installed: skipping (install with: cargo install --locked cargo-deny --version $deny_version)"
   fi
 fi
 if command -v cargo-deny >/dev/null 2>&1; then
-  cargo deny --workspace check bans licenses sources
+  # --offline also keeps cargo metadata offline: every platform's crates must be downloaded first.
+  cargo fetch --locked --quiet
+  if scripts/advisory-db.sh; then
+    cargo deny --offline --locked --workspace check
+  elif [ "${CI:-}" = "true" ]; then
+    echo "the RustSec snapshot is missing: advisories cannot be checked" >&2
+    exit 1
+  else
+    echo "no RustSec snapshot: checking bans, licenses and sources only"
+    cargo deny --offline --locked --workspace check bans licenses sources
+  fi
 fi
 
 step "cargo build (binaries the end-to-end tests run as processes)"

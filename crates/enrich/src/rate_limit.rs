@@ -221,6 +221,23 @@ struct Loaded {
     revision: Option<u64>,
 }
 
+/// A slot taken by a write whose ack came too late to use it.
+struct Unused {
+    /// The write's revision.
+    revision: u64,
+    /// The day of the state read before that write.
+    day: String,
+}
+
+impl Unused {
+    /// Whether `state` (read at `revision`) counts this slot in its day count: it is at or after
+    /// the write, and still on the day of the read before it (the write's server time lies
+    /// between the two, so it was counted on that day).
+    fn counted_in(&self, state: &QuotaState, revision: Option<u64>) -> bool {
+        revision.is_some_and(|revision| revision >= self.revision) && state.day == self.day
+    }
+}
+
 /// What a read allows.
 enum Decision {
     Take,
@@ -280,22 +297,22 @@ impl RateLimiter {
         // The revision of the previous read in this call: an entry newer than it was written
         // after that read was served, so its server time is no older than that read.
         let mut previous: Option<u64> = None;
-        // A slot taken by a write whose ack came too late to use it.
-        let mut unused: Option<u64> = None;
+        // Slots taken by writes whose ack came too late to use them. Their window slots stay
+        // taken; the day count gets them back with this call's next successful write.
+        let mut unused: Vec<Unused> = Vec::new();
         loop {
             let loaded = self.load().await?;
             let fresh =
                 matches!((loaded.revision, previous), (Some(now), Some(before)) if now > before);
             previous = loaded.revision.or(previous);
             let mut state = loaded.state;
-            if let Some(revision) = unused.take() {
-                // Its window slot stays taken; the day count gets the request back. Only when
-                // the unused write is the entry read is it certain which day counted it.
-                if loaded.revision == Some(revision) {
-                    state.day_count = state.day_count.saturating_sub(1);
-                }
-            }
+            let (returned, later): (Vec<Unused>, Vec<Unused>) = unused
+                .into_iter()
+                .partition(|slot| slot.counted_in(&state, loaded.revision));
+            state.day_count = state.day_count.saturating_sub(returned.len() as u64);
             self.publish_gauges(&state);
+            // Until a write carrying the correction succeeds, it is still owed.
+            unused = later;
             match self.decide(&state, priority) {
                 Decision::Take => {
                     let mut next = state.clone();
@@ -314,10 +331,16 @@ impl RateLimiter {
                                 usable_within_ms = self.usable_within().as_millis() as u64,
                                 "quota write acknowledged too late to use its slot; taking another"
                             );
-                            unused = Some(revision);
+                            unused.push(Unused {
+                                revision,
+                                day: state.day.clone(),
+                            });
                         }
-                        // Another writer was first: read again.
-                        None => tokio::time::sleep(jitter(5)).await,
+                        None => {
+                            unused.extend(returned);
+                            // Another writer was first: read again.
+                            tokio::time::sleep(jitter(5)).await;
+                        }
                     }
                 }
                 Decision::Wait(wait) => {
@@ -325,13 +348,17 @@ impl RateLimiter {
                     if fresh {
                         tokio::time::sleep(wait + jitter(15)).await;
                     }
-                    self.tick(state, loaded.revision).await?;
+                    if !self.tick(state, loaded.revision).await? {
+                        unused.extend(returned);
+                    }
                 }
                 Decision::Refuse(err) => {
                     if fresh {
                         return Err(err);
                     }
-                    self.tick(state, loaded.revision).await?;
+                    if !self.tick(state, loaded.revision).await? {
+                        unused.extend(returned);
+                    }
                 }
             }
         }
@@ -369,7 +396,9 @@ impl RateLimiter {
             self.publish_gauges(&state);
             match self.decide(&state, priority) {
                 Decision::Refuse(err) if fresh => return Err(err),
-                Decision::Refuse(_) => self.tick(state, loaded.revision).await?,
+                Decision::Refuse(_) => {
+                    self.tick(state, loaded.revision).await?;
+                }
                 Decision::Take | Decision::Wait(_) => {
                     return Ok(Snapshot {
                         spent_today: state.day_count,
@@ -500,11 +529,11 @@ impl RateLimiter {
         }
     }
 
-    /// Writes the state unchanged but for the tick counter, to learn a fresh server time.
-    /// Losing the race is as good: the winner's write is as fresh.
-    async fn tick(&self, mut state: QuotaState, revision: Option<u64>) -> Result<(), QuotaError> {
+    /// Writes the state unchanged but for the tick counter, to learn a fresh server time;
+    /// `false` when another writer was first (as good: the winner's write is as fresh).
+    async fn tick(&self, mut state: QuotaState, revision: Option<u64>) -> Result<bool, QuotaError> {
         state.ticks += 1;
-        self.write(&state, revision).await.map(|_| ())
+        Ok(self.write(&state, revision).await?.is_some())
     }
 
     /// Warns once when this pod's clock is far from the server's (measured on this limiter's

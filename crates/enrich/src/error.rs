@@ -55,11 +55,64 @@ pub enum EnrichError {
         stream_seq: u64,
         /// Cause.
         #[source]
-        source: async_nats::Error,
+        source: PublishError,
     },
     /// The run was cancelled before the range was done.
     #[error("cancelled before the replay range was done")]
     Cancelled,
+}
+
+/// An enriched event could not be stored on `GONG_ENRICHED`.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event can never be stored: it is larger than the server's `max_payload` or the
+    /// stream's maximum message size. Retrying would only spend Gong quota again.
+    #[error("enriched event of {size} bytes is too large to publish: {detail}")]
+    TooLarge {
+        /// Payload bytes.
+        size: usize,
+        /// The limit as the client or server stated it.
+        detail: String,
+    },
+    /// Sending the event or receiving its ack failed (NATS unreachable, timeout, no stream).
+    #[error("cannot publish enriched event: {0}")]
+    Send(#[source] async_nats::jetstream::context::PublishError),
+}
+
+impl PublishError {
+    /// Classifies a JetStream publish failure of a `size`-byte payload.
+    pub fn from_nats(size: usize, err: async_nats::jetstream::context::PublishError) -> Self {
+        use async_nats::jetstream::context::PublishErrorKind;
+        use async_nats::jetstream::ErrorCode;
+        let too_large = match err.kind() {
+            PublishErrorKind::MaxPayloadExceeded => true,
+            PublishErrorKind::Other => std::error::Error::source(&err)
+                .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+                .is_some_and(|js| js.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM),
+            _ => false,
+        };
+        if too_large {
+            PublishError::TooLarge {
+                size,
+                detail: err.to_string(),
+            }
+        } else {
+            PublishError::Send(err)
+        }
+    }
+
+    /// Can never succeed for this event: dead-letter it instead of retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PublishError::TooLarge { .. })
+    }
+
+    /// The dead-letter reason of a permanent failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PublishError::TooLarge { .. } => "enriched_too_large",
+            PublishError::Send(_) => "publish_failed",
+        }
+    }
 }
 
 /// The shared Gong budget cannot give a slot now.

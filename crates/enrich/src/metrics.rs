@@ -24,6 +24,7 @@ pub const EVENT_OUTCOMES: &[&str] = &[
     "malformed_response",
     "unparseable_webhook",
     "invalid_call_id",
+    "enriched_too_large",
     "retry",
     "auth_fault",
     "quota_wait",

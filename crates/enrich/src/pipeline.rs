@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use gong_common::event::{content_id, EnrichedEvent, ENRICHED_SCHEMA_VERSION};
@@ -14,7 +15,7 @@ use gong_common::gong::{Call, Monologue, Webhook};
 use gong_common::names::{self, headers};
 
 use crate::config::EnrichConfig;
-use crate::error::{GongError, QuotaError};
+use crate::error::{GongError, PublishError, QuotaError};
 use crate::gong_api::{backoff, BatchAnswer, CallRequest, GongApi};
 use crate::rate_limit::Priority;
 
@@ -309,26 +310,46 @@ pub fn enriched_event(
 }
 
 /// Publishes `event` to `gong.enriched.call` with `Nats-Msg-Id` = its event id and the lineage
-/// headers; returns the ack future (the raw event may be acked only once it resolves).
+/// headers; returns the pending ack (the raw event may be acked only once it resolves).
 pub async fn publish_enriched(
     jetstream: &jetstream::Context,
     event: &EnrichedEvent,
-) -> Result<PublishAckFuture, async_nats::Error> {
+) -> Result<PendingPublish, PublishError> {
+    let payload = Bytes::from(event.to_json());
+    let size = payload.len();
     let mut message = PublishMessage::build()
         .message_id(&event.event_id)
         .header(headers::EVENT_ID, event.event_id.as_str())
         .header(headers::RAW_EVENT_ID, event.raw_event_id.as_str())
         .header(headers::RAW_SEQ, event.raw_stream_seq.to_string().as_str())
-        .payload(Bytes::from(event.to_json()));
+        .payload(payload);
     if let Some(call_id) = event.call_id() {
         message = message.header(headers::CALL_ID, call_id);
     }
     if let Some(run_id) = &event.replay_run_id {
         message = message.header(headers::REPLAY_RUN, run_id.as_str());
     }
-    Ok(jetstream
+    let ack = jetstream
         .send_publish(names::SUBJECT_ENRICHED_CALL, message)
-        .await?)
+        .await
+        .map_err(|err| PublishError::from_nats(size, err))?;
+    Ok(PendingPublish { ack, size })
+}
+
+/// An enriched event sent, its ack not yet received.
+pub struct PendingPublish {
+    ack: PublishAckFuture,
+    size: usize,
+}
+
+impl PendingPublish {
+    /// Waits for JetStream's ack (failures classified as by [`publish_enriched`]).
+    pub async fn acked(self) -> Result<PublishAck, PublishError> {
+        let size = self.size;
+        self.ack
+            .await
+            .map_err(|err| PublishError::from_nats(size, err))
+    }
 }
 
 #[cfg(test)]

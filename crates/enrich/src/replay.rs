@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EnrichConfig;
-use crate::error::EnrichError;
+use crate::error::{EnrichError, PublishError};
 use crate::gong_api::{backoff, GongApi};
 use crate::pipeline::{self, MalformedAnswers, RawEvent, ReplayRun, Verdict};
 use crate::rate_limit::{Priority, RateLimiter};
@@ -74,7 +74,8 @@ pub struct ReplaySummary {
     pub not_found: u64,
     /// Bodies that can never be enriched.
     pub invalid: u64,
-    /// Events given up on (malformed answers after the retries).
+    /// Events given up on (malformed answers after the retries, enriched events too large to
+    /// publish).
     pub failed: u64,
     /// Last raw stream sequence handled.
     pub last_seq: u64,
@@ -257,13 +258,10 @@ async fn replay_batch(
                 } => {
                     let enriched =
                         pipeline::enriched_event(&event, *call, transcript, fetched_at, Some(run));
-                    let ack = pipeline::publish_enriched(jetstream, &enriched)
-                        .await
-                        .map_err(|source| EnrichError::Publish {
-                            stream_seq: event.stream_seq,
-                            source,
-                        })?;
-                    publishes.push((event.stream_seq, ack));
+                    match pipeline::publish_enriched(jetstream, &enriched).await {
+                        Ok(ack) => publishes.push((event.stream_seq, ack)),
+                        Err(err) => publish_failed(event.stream_seq, err, summary)?,
+                    }
                 }
                 Verdict::Invalid(invalid) => {
                     tracing::warn!(
@@ -321,11 +319,10 @@ async fn replay_batch(
             }
         }
         for (stream_seq, ack) in publishes {
-            ack.await.map_err(|source| EnrichError::Publish {
-                stream_seq,
-                source: source.into(),
-            })?;
-            summary.published += 1;
+            match ack.acked().await {
+                Ok(_) => summary.published += 1,
+                Err(err) => publish_failed(stream_seq, err, summary)?,
+            }
         }
         if !retry.is_empty() {
             rounds += 1;
@@ -339,6 +336,24 @@ async fn replay_batch(
         }
     }
     Ok(())
+}
+
+/// An event whose enriched event can never be stored is counted as failed and skipped (the
+/// run goes on; a retry would fail the same way); any other publish failure ends the run.
+fn publish_failed(
+    stream_seq: u64,
+    err: PublishError,
+    summary: &mut ReplaySummary,
+) -> Result<(), EnrichError> {
+    if err.is_permanent() {
+        tracing::error!(stream_seq, reason = err.reason(), error = %err, "enriched event can never be published; event skipped");
+        summary.failed += 1;
+        return Ok(());
+    }
+    Err(EnrichError::Publish {
+        stream_seq,
+        source: err,
+    })
 }
 
 /// A bar on a terminal, log lines otherwise.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::EnrichConfig;
-use crate::error::{EnrichError, QuotaError};
+use crate::error::{EnrichError, PublishError, QuotaError};
 use crate::gong_api::{backoff, GongApi};
 use crate::metrics;
 use crate::pacing::Pacing;
@@ -387,23 +387,14 @@ async fn process_batch(
             Decision::Publish(enriched) => {
                 match pipeline::publish_enriched(&worker.jetstream, &enriched).await {
                     Ok(ack) => publishes.push((index, ack)),
-                    Err(err) => {
-                        tracing::warn!(stream_seq = event.stream_seq, error = %err, "cannot publish enriched event; will retry");
-                        settlements.push((
-                            index,
-                            Outcome::Retry {
-                                after: Duration::from_secs(2),
-                            },
-                            "retry",
-                        ));
-                    }
+                    Err(err) => settlements.push(publish_failed(index, event, err)),
                 }
             }
             Decision::Settle(outcome, label) => settlements.push((index, outcome, label)),
         }
     }
     for (index, ack) in publishes {
-        match ack.await {
+        match ack.acked().await {
             Ok(ack) => {
                 tracing::debug!(
                     stream_seq = events[index].stream_seq,
@@ -414,16 +405,7 @@ async fn process_batch(
                 );
                 settlements.push((index, Outcome::Done, "enriched"));
             }
-            Err(err) => {
-                tracing::warn!(stream_seq = events[index].stream_seq, error = %err, "enriched event not acknowledged; will retry");
-                settlements.push((
-                    index,
-                    Outcome::Retry {
-                        after: Duration::from_secs(2),
-                    },
-                    "retry",
-                ));
-            }
+            Err(err) => settlements.push(publish_failed(index, &events[index], err)),
         }
     }
     settlements.sort_by_key(|(index, _, _)| *index);
@@ -473,6 +455,36 @@ async fn process_batch(
         worker.readiness.set_fault(None);
     }
     report
+}
+
+/// The settlement of a raw event whose enriched event could not be stored: dead-lettered with
+/// the reason when no retry can succeed (it would only spend Gong quota again), retried in 2 s
+/// otherwise.
+fn publish_failed(
+    index: usize,
+    event: &RawEvent,
+    err: PublishError,
+) -> (usize, Outcome, &'static str) {
+    if err.is_permanent() {
+        tracing::error!(stream_seq = event.stream_seq, call_id = event.call_id().unwrap_or(""), reason = err.reason(), error = %err, "enriched event can never be published; dead-lettering the raw event");
+        let reason = err.reason();
+        return (
+            index,
+            Outcome::Poison {
+                reason: reason.to_string(),
+                detail: err.to_string(),
+            },
+            reason,
+        );
+    }
+    tracing::warn!(stream_seq = event.stream_seq, error = %err, "cannot publish enriched event; will retry");
+    (
+        index,
+        Outcome::Retry {
+            after: Duration::from_secs(2),
+        },
+        "retry",
+    )
 }
 
 /// Refreshes `gong_enrich_consumer_pending` from consumer info every `every` (one request a

@@ -32,7 +32,7 @@
 //! with a given `Retry-After`, slowly, with a truncated JSON body, or 401. Counters
 //! ([`GongDouble::stats`]): requests per endpoint, call ids per request, 429s sent, violations.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -163,6 +163,7 @@ struct State {
     faults: VecDeque<Fault>,
     private: HashSet<String>,
     deleted: HashSet<String>,
+    padded: HashMap<String, usize>,
     stats: GongStats,
     request_counter: u64,
 }
@@ -210,6 +211,7 @@ impl GongDouble {
                 faults: VecDeque::new(),
                 private: config.private_calls.into_iter().collect(),
                 deleted: config.deleted_calls.into_iter().collect(),
+                padded: HashMap::new(),
                 stats: GongStats::default(),
                 request_counter: 0,
             }),
@@ -254,6 +256,15 @@ impl GongDouble {
     /// From now on, `call_id` is absent from every answer.
     pub fn delete_call(&self, call_id: &str) {
         self.shared.state().deleted.insert(call_id.to_string());
+    }
+
+    /// From now on, `call_id`'s transcript ends with one more monologue holding a sentence of
+    /// `bytes` characters (a call whose enriched event is too large to publish).
+    pub fn pad_transcript(&self, call_id: &str, bytes: usize) {
+        self.shared
+            .state()
+            .padded
+            .insert(call_id.to_string(), bytes);
     }
 
     /// From now on, `call_id` is private: `isPrivate` true and no transcript.
@@ -515,7 +526,7 @@ fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) ->
             call_ids.push(id);
         }
     }
-    let (matching, private) = {
+    let (matching, private, padded) = {
         let mut state = shared.state();
         state.stats.call_ids_per_request.push(call_ids.len());
         let matching: Vec<String> = call_ids
@@ -532,7 +543,11 @@ fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) ->
             .filter(|id| state.private.contains(*id))
             .cloned()
             .collect();
-        (matching, private)
+        let padded: HashMap<String, usize> = matching
+            .iter()
+            .filter_map(|id| state.padded.get(id).map(|bytes| (id.clone(), *bytes)))
+            .collect();
+        (matching, private, padded)
     };
     let fingerprint = fingerprint(&call_ids);
     let offset = match request.get("cursor") {
@@ -582,7 +597,23 @@ fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) ->
             json!({"requestId": request_id, "records": records, "calls": calls})
         }
         Endpoint::Transcript => {
-            let transcripts: Vec<Value> = page.iter().map(|id| transcript_json(id)).collect();
+            let transcripts: Vec<Value> = page
+                .iter()
+                .map(|id| {
+                    let mut transcript = transcript_json(id);
+                    if let (Some(bytes), Some(monologues)) =
+                        (padded.get(*id), transcript["transcript"].as_array_mut())
+                    {
+                        let speaker = monologues[0]["speakerId"].clone();
+                        monologues.push(json!({
+                            "speakerId": speaker,
+                            "topic": "Padding",
+                            "sentences": [{"start": 0, "end": 1, "text": "x".repeat(*bytes)}],
+                        }));
+                    }
+                    transcript
+                })
+                .collect();
             json!({"requestId": request_id, "records": records, "callTranscripts": transcripts})
         }
     };

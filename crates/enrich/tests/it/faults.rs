@@ -131,32 +131,87 @@ async fn deleted_calls_and_unparseable_bodies_are_dead_lettered_with_their_reaso
 }
 
 #[tokio::test]
-async fn killing_an_instance_mid_batch_loses_and_duplicates_nothing() {
+async fn killing_an_instance_between_publishing_and_acking_loses_and_duplicates_nothing() {
     let harness = Harness::start(50, 100_000).await;
     let mut env = harness.env(50);
     env.set("ENRICH_ACK_WAIT", "2s");
-    env.set("ENRICH_BATCH_SIZE", "20");
-    let ids = harness.publish_calls(2_000_000_000, 60).await;
-    // The first request hangs long enough to kill the instance while it holds its batch.
-    harness
-        .gong
-        .set_fault(Fault::Slow(Duration::from_secs(30)), 1);
+    env.set("ENRICH_BATCH_SIZE", "1000");
+    let ids = harness.publish_calls(2_000_000_000, 1_200).await;
     let doomed = harness.enricher(harness.config(&env)).await;
-    wait_until(TIMEOUT, "a request in flight", || async {
-        (harness.gong.stats().in_flight >= 1).then_some(())
+    // The first batch (1,000 calls) publishes its enriched events, then acks its raw events one
+    // by one: the kill lands as soon as the first enriched event is stored.
+    wait_until(TIMEOUT, "the first enriched events stored", || async {
+        (harness.count(names::STREAM_ENRICHED).await > 0).then_some(())
     })
     .await;
-    assert!(harness.consumer_info().await.num_ack_pending > 0);
-    doomed.running.task.abort(); // as SIGKILL for the messages: no nak, no ack
+    doomed.running.task.abort(); // as SIGKILL for the messages: no more nak or ack
+                                 // Raw events acked, then enriched events stored (both only grow): some of the stored ones
+                                 // have their raw event unacked, so it will be delivered and enriched again.
+    let info = harness.consumer_info().await;
+    let acked = 1_200 - info.num_pending - info.num_ack_pending as u64;
+    let at_kill = harness.count(names::STREAM_ENRICHED).await;
+    assert!(
+        at_kill < 1_200,
+        "the kill landed before every call was enriched ({at_kill})"
+    );
+    assert!(
+        acked < at_kill,
+        "the kill landed after {at_kill} enriched events were stored but only {acked} raw \
+         events acked: {info:?}"
+    );
     drop(doomed);
 
     let _survivor = harness.enricher(harness.config(&env)).await;
-    harness.wait_enriched(60).await;
+    harness.wait_enriched(1_200).await;
     harness.wait_consumer_drained().await;
     let enriched = harness.enriched().await;
-    assert_eq!(enriched.len(), 60, "no duplicates on GONG_ENRICHED");
+    assert_eq!(enriched.len(), 1_200, "no duplicates on GONG_ENRICHED");
     assert_eq!(by_call_id(&enriched).len(), ids.len());
     assert_eq!(harness.count(names::STREAM_DLQ).await, 0);
+}
+
+#[tokio::test]
+async fn an_enriched_event_too_large_to_publish_is_dead_lettered_once() {
+    let harness = Harness::start(50, 100_000).await;
+    // A transcript of 2 MiB: the enriched event is over the server's max_payload (1 MiB).
+    let huge = "4300000000001";
+    harness.gong.pad_transcript(huge, 2 * 1024 * 1024);
+    let (seq, event_id) = harness.publish_raw(huge).await;
+    let enricher = harness.enricher(harness.config(&harness.env(50))).await;
+
+    wait_until(TIMEOUT, "the oversized event dead-lettered", || async {
+        (harness.count(names::STREAM_DLQ).await >= 1).then_some(())
+    })
+    .await;
+    harness.wait_consumer_drained().await;
+    let dead = harness.messages(names::STREAM_DLQ).await;
+    assert_eq!(dead.len(), 1, "dead-lettered once");
+    assert_eq!(
+        header(&dead[0], headers::DLQ_REASON),
+        Some("enriched_too_large")
+    );
+    assert_eq!(
+        header(&dead[0], headers::DLQ_ORIGINAL_SEQ),
+        Some(seq.to_string().as_str())
+    );
+    assert_eq!(header(&dead[0], headers::EVENT_ID), Some(event_id.as_str()));
+    assert_eq!(
+        dead[0].payload.as_ref(),
+        gong_testkit::webhook::call_body(huge, false).as_slice(),
+        "the raw event, untouched"
+    );
+    // Settled for good (nothing pending, nothing held): one extensive and one transcript
+    // request, never asked again.
+    let stats = harness.gong.stats();
+    assert_eq!(stats.call_requests(), 2, "{stats:?}");
+    assert_eq!(harness.count(names::STREAM_ENRICHED).await, 0);
+
+    // The stage goes on with the next calls.
+    harness.publish_calls(4_300_000_000_100, 3).await;
+    harness.wait_enriched(3).await;
+    harness.wait_consumer_drained().await;
+    assert_eq!(harness.count(names::STREAM_DLQ).await, 1);
+    assert!(enricher.running.readiness.fault().is_none());
 }
 
 #[tokio::test]

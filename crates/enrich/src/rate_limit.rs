@@ -21,6 +21,9 @@
 //!   on both days (Gong's clock and ours may differ by that much);
 //! - if the server time ever goes back (a new stream leader whose clock is behind), the state is
 //!   moved into the new clock's frame keeping every age it had, and the day never goes back.
+//!   A new leader whose clock is *ahead* cannot be told from time passing: past requests look
+//!   older by the difference, once. The NATS servers' clocks must be kept in sync (NTP); the
+//!   pods' clocks need not be.
 //!
 //! **Compare-and-set that holds on a cluster.** A slot is taken by a write conditional on the
 //! revision read, through [`gong_common::register::Register`]: on nats-server 2.9 a KV

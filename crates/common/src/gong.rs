@@ -37,6 +37,25 @@ where
     }
 }
 
+/// Accepts a JSON number or a numeric string and keeps it as a float (a measurement Gong documents
+/// as a number; a string that is not a number is refused like any other type error).
+pub fn number_or_string<'de, D>(deserializer: D) -> Result<Option<f64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => Ok(number.as_f64()),
+        Some(Value::String(text)) => text.trim().parse::<f64>().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("expected a number, found the string {text:?}"))
+        }),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a number, found {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
 fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -104,6 +123,13 @@ impl Call {
     /// `metaData.id`, the call id.
     pub fn id(&self) -> Option<&str> {
         self.meta_data.as_ref().and_then(|meta| meta.id.as_deref())
+    }
+
+    /// The `interaction` block read as [`Interaction`] (speakers' talk time, interaction stats).
+    /// `None` when the call has no such block or it does not have that shape; the block itself
+    /// is kept in [`Call::interaction`] either way.
+    pub fn interaction_measures(&self) -> Option<Interaction> {
+        Interaction::deserialize(self.interaction.as_ref()?).ok()
     }
 
     /// `metaData.isPrivate`.
@@ -374,18 +400,249 @@ pub struct Monologue {
     pub sentences: Vec<Sentence>,
 }
 
-/// A sentence; `start` and `end` are milliseconds from the call's start.
+/// A sentence; `start` and `end` are milliseconds from the call's start. A field Gong left out
+/// stays `None` (it is not 0 or empty: downstream must not invent values).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Sentence {
     /// Milliseconds from the start of the call.
-    #[serde(default)]
-    pub start: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
     /// Milliseconds from the start of the call.
-    #[serde(default)]
-    pub end: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
     /// Text.
-    #[serde(default)]
-    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `interaction` of a call (`contentSelector.exposedFields.interaction`), as far as the tables
+/// use it. [`Call::interaction`] keeps the whole block as Gong sent it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Interaction {
+    /// Talk time per participant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speakers: Option<Vec<Speaker>>,
+    /// Talk Ratio, Longest Monologue, Longest Customer Story, Interactivity, Patience, Question
+    /// Rate...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interaction_stats: Option<Vec<InteractionStat>>,
+    /// Unknown and untyped blocks (`video`, `questions`...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `interaction.speakers[]`: one participant's talk time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Speaker {
+    /// The **participant** id (`parties[].id`), not the speaker id.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<String>,
+    /// Gong user id, for internal participants.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub user_id: Option<String>,
+    /// Talk duration in seconds.
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub talk_time: Option<f64>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `interaction.interactionStats[]`: `{name, value}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InteractionStat {
+    /// Stat name (`Talk Ratio`, `Interactivity`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Stat measurement.
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub value: Option<f64>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A Gong user: `GET /v2/users` → `users[]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    /// User id (numeric string of up to 20 digits).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<String>,
+    /// Email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
+    /// Creation time, ISO-8601 with offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// Whether the user is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    /// Email address aliases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_aliases: Option<Vec<String>>,
+    /// First name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    /// Last name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    /// Job title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Phone number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
+    /// The manager's user id.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub manager_id: Option<String>,
+    /// Recording and import settings (kept as Gong sends them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Value>,
+    /// `[{language, primary}]` (kept as Gong sends them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spoken_languages: Option<Value>,
+    /// Unknown fields (`trustedEmailAddress`, `extension`, `personalMeetingUrls`,
+    /// `meetingConsentPageUrl`...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// An answered scorecard: `POST /v2/stats/activity/scorecards` → `answeredScorecards[]`.
+/// Gong sends the ids here as JSON numbers (int64); they are kept as strings, like every id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnsweredScorecard {
+    /// Id of this answered scorecard.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub answered_scorecard_id: Option<String>,
+    /// Id of the scorecard (the form).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scorecard_id: Option<String>,
+    /// Scorecard name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorecard_name: Option<String>,
+    /// The call reviewed.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub call_id: Option<String>,
+    /// When the call started, ISO-8601 (a number is kept as its text).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub call_start_time: Option<String>,
+    /// The user reviewed (the call's host).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reviewed_user_id: Option<String>,
+    /// The user who answered the scorecard.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reviewer_user_id: Option<String>,
+    /// When the review was published, ISO-8601 (a number is kept as its text).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub review_time: Option<String>,
+    /// `PUBLIC`, `PRIVATE`, `OPT_IN_USERS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_type: Option<String>,
+    /// The answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Vec<ScorecardAnswer>>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `answeredScorecards[].answers[]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScorecardAnswer {
+    /// Question id.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub question_id: Option<String>,
+    /// Revision of the question.
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub question_revision_id: Option<String>,
+    /// Whether this is the scorecard's overall question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_overall: Option<bool>,
+    /// Score (1 to 50) when answered with a score.
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub score: Option<f64>,
+    /// Text answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_text: Option<String>,
+    /// The question does not apply to the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_applicable: Option<bool>,
+    /// Ids of the options selected (kept as Gong sends them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_options: Option<Value>,
+    /// Unknown fields.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// `records` of every list answer.
@@ -479,6 +736,72 @@ pub struct TranscriptResponse {
     pub call_transcripts: Vec<CallTranscript>,
 }
 
+/// Answer of `GET /v2/users` (the cursor of the next page goes in the query string).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UsersResponse {
+    /// Request id, for Gong support.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Paging.
+    #[serde(default)]
+    pub records: Records,
+    /// Users on this page.
+    #[serde(default)]
+    pub users: Vec<User>,
+}
+
+/// `filter` of `POST /v2/stats/activity/scorecards`: dates are `YYYY-MM-DD` in the company's
+/// time zone, `from` inclusive, `to` exclusive.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnsweredScorecardsFilter {
+    /// First call date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_from_date: Option<String>,
+    /// Call date bound (exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_to_date: Option<String>,
+    /// First review date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_from_date: Option<String>,
+    /// Review date bound (exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_to_date: Option<String>,
+    /// Only these scorecards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorecard_ids: Option<Vec<String>>,
+    /// Only these reviewed users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_user_ids: Option<Vec<String>>,
+}
+
+/// Body of `POST /v2/stats/activity/scorecards`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnsweredScorecardsRequest {
+    /// Cursor of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Which answered scorecards.
+    pub filter: AnsweredScorecardsFilter,
+}
+
+/// Answer of `POST /v2/stats/activity/scorecards`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnsweredScorecardsResponse {
+    /// Request id, for Gong support.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Paging.
+    #[serde(default)]
+    pub records: Records,
+    /// Answered scorecards on this page.
+    #[serde(default)]
+    pub answered_scorecards: Vec<AnsweredScorecard>,
+}
+
 /// Error answer: `{requestId, errors[...]}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -508,6 +831,76 @@ mod tests {
         let back = serde_json::to_value(&webhook).unwrap();
         assert_eq!(back["callData"]["metaData"]["newField"]["x"], 1);
         assert_eq!(back["callData"]["metaData"]["id"], "7782342274025937895");
+    }
+
+    #[test]
+    fn missing_sentence_fields_stay_missing() {
+        let raw = r#"{"speakerId":"1","sentences":[{"text":"hi"},{"start":0,"end":5}]}"#;
+        let monologue: Monologue = serde_json::from_str(raw).unwrap();
+        assert_eq!(monologue.sentences[0].start, None);
+        assert_eq!(monologue.sentences[0].end, None);
+        assert_eq!(monologue.sentences[1].start, Some(0));
+        assert_eq!(monologue.sentences[1].text, None);
+        let back = serde_json::to_value(&monologue).unwrap();
+        assert_eq!(back["sentences"][0], serde_json::json!({"text": "hi"}));
+    }
+
+    #[test]
+    fn answered_scorecard_ids_are_numbers_kept_as_strings() {
+        // Shape from Gong's OpenAPI document: ids are int64 JSON numbers here.
+        let raw = r#"{"answeredScorecardId":563515258458745,"scorecardId":6843152929075440037,
+            "scorecardName":"SDR Call Scorecard","callId":7782342274025937895,
+            "callStartTime":"2024-01-02T03:04:05-08:00","reviewedUserId":234599484848423,
+            "reviewerUserId":"563515258458745","reviewTime":1518863400.0,
+            "visibilityType":"PUBLIC","newField":true,
+            "answers":[{"questionId":1,"questionRevisionId":43955224753211112,"isOverall":true,
+                "score":4,"answerText":null,"notApplicable":false,"selectedOptions":["1","3"]}]}"#;
+        let card: AnsweredScorecard = serde_json::from_str(raw).unwrap();
+        assert_eq!(
+            card.answered_scorecard_id.as_deref(),
+            Some("563515258458745")
+        );
+        assert_eq!(card.scorecard_id.as_deref(), Some("6843152929075440037"));
+        assert_eq!(card.call_id.as_deref(), Some("7782342274025937895"));
+        assert_eq!(card.reviewed_user_id.as_deref(), Some("234599484848423"));
+        assert_eq!(card.review_time.as_deref(), Some("1518863400.0"));
+        let answer = &card.answers.as_ref().unwrap()[0];
+        assert_eq!(
+            answer.question_revision_id.as_deref(),
+            Some("43955224753211112")
+        );
+        assert_eq!(answer.score, Some(4.0));
+        assert_eq!(answer.answer_text, None);
+        assert!(card.extra.contains_key("newField"));
+        let back = serde_json::to_value(&card).unwrap();
+        assert_eq!(back["callId"], "7782342274025937895");
+    }
+
+    #[test]
+    fn users_keep_unknown_fields() {
+        let raw = r#"{"id":"234599484848423","emailAddress":"jon@x","created":"2018-02-17T02:30:00-08:00",
+            "active":true,"emailAliases":["a@x"],"managerId":563515258458745,
+            "settings":{"emailsImported":true},"extension":"123"}"#;
+        let user: User = serde_json::from_str(raw).unwrap();
+        assert_eq!(user.manager_id.as_deref(), Some("563515258458745"));
+        assert_eq!(user.extra["extension"], "123");
+        assert_eq!(user.settings.as_ref().unwrap()["emailsImported"], true);
+    }
+
+    #[test]
+    fn interaction_speakers_and_stats_are_read_from_the_block() {
+        let raw = r#"{"metaData":{"id":"1"},"interaction":{"speakers":[{"id":"56825452554556",
+            "userId":"234599484848423","talkTime":145.5}],"interactionStats":[{"name":"Talk Ratio",
+            "value":0.61},{"name":"Patience","value":"0.8"}],"video":[]}}"#;
+        let call: Call = serde_json::from_str(raw).unwrap();
+        let interaction = call.interaction_measures().unwrap();
+        let speaker = &interaction.speakers.as_ref().unwrap()[0];
+        assert_eq!(speaker.id.as_deref(), Some("56825452554556"));
+        assert_eq!(speaker.talk_time, Some(145.5));
+        let stats = interaction.interaction_stats.unwrap();
+        assert_eq!(stats[1].value, Some(0.8));
+        assert!(interaction.extra.contains_key("video"));
+        assert!(Call::default().interaction_measures().is_none());
     }
 
     #[test]

@@ -12,12 +12,18 @@ pub const SUBJECT_RAW_CALL: &str = "gong.raw.call";
 /// Deliveries from the rule editor's "test now" (`isTest` true), kept for inspection only.
 pub const SUBJECT_RAW_TEST: &str = "gong.raw.test";
 
-/// Derived, rebuildable: one enriched event per raw call event.
+/// Derived, rebuildable: one enriched event per raw call event, plus the Gong entities fetched
+/// on a schedule (users, answered scorecards), one subject per entity.
 pub const STREAM_ENRICHED: &str = "GONG_ENRICHED";
-/// Subjects captured by [`STREAM_ENRICHED`].
+/// Subjects captured by [`STREAM_ENRICHED`]; the loader consumes all of them.
 pub const SUBJECTS_ENRICHED: &str = "gong.enriched.>";
-/// Enriched call events, consumed by the loader.
+/// Enriched call events (`event::EnrichedEvent`).
 pub const SUBJECT_ENRICHED_CALL: &str = "gong.enriched.call";
+/// Gong users, one event per user per fetch (`event::EnrichedUser`).
+pub const SUBJECT_ENRICHED_USER: &str = "gong.enriched.user";
+/// Answered scorecards, one event per answered scorecard per fetch
+/// (`event::EnrichedScorecard`).
+pub const SUBJECT_ENRICHED_SCORECARD: &str = "gong.enriched.scorecard";
 
 /// Events that need a human: payload untouched, reason in headers.
 pub const STREAM_DLQ: &str = "GONG_DLQ";

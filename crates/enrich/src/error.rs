@@ -60,6 +60,21 @@ pub enum EnrichError {
     /// The run was cancelled before the range was done.
     #[error("cancelled before the replay range was done")]
     Cancelled,
+    /// Shutdown was requested while streams, buckets or the consumer were being provisioned.
+    #[error("shutdown requested while provisioning")]
+    Interrupted,
+}
+
+impl gong_common::streams::Retryable for EnrichError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            EnrichError::Provision(err) => err.is_retryable(),
+            EnrichError::CreateConsumer { source, .. } => {
+                gong_common::streams::is_transient(source.as_ref())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// An enriched event could not be stored on `GONG_ENRICHED`.

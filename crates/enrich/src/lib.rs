@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 
 use gong_common::admin::{self, Readiness};
 use gong_common::names;
-use gong_common::streams::{ensure_streams, StreamKind};
+use gong_common::streams::{ensure_streams, provision_with_retry, StreamKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,12 @@ pub struct Running {
 
 /// Starts gong-enrich and consumes until `shutdown` is cancelled.
 pub async fn run(config: EnrichConfig, shutdown: CancellationToken) -> Result<(), EnrichError> {
-    let running = start(config, shutdown).await?;
+    let running = match start(config, shutdown).await {
+        Ok(running) => running,
+        // Stopped while still waiting for the cluster: a clean stop, not a failure.
+        Err(EnrichError::Interrupted) => return Ok(()),
+        Err(err) => return Err(err),
+    };
     running.task.await.map_err(EnrichError::Task)?
 }
 
@@ -80,20 +85,34 @@ pub async fn start(
         config.common.nats_request_timeout,
         config.max_ack_inflight,
     );
-    ensure_streams(
-        &jetstream,
-        &config.common.streams,
-        &[StreamKind::Raw, StreamKind::Enriched, StreamKind::Dlq],
+    readiness.set_jetstream(jetstream.clone());
+    // A cluster still forming answers timeouts or "no stream found" for a while: retry
+    // (unready, saying why) rather than exit and be restarted with growing back-off.
+    let provisioned = provision_with_retry(
+        "streams, quota bucket, consumer",
+        &readiness,
+        &shutdown,
+        || async {
+            ensure_streams(
+                &jetstream,
+                &config.common.streams,
+                &[StreamKind::Raw, StreamKind::Enriched, StreamKind::Dlq],
+            )
+            .await?;
+            let limiter =
+                RateLimiter::open(&jetstream, config.quota.clone(), &config.common.streams).await?;
+            let consumer = worker::ensure_consumer(&jetstream, &config).await?;
+            Ok::<_, EnrichError>((limiter, consumer))
+        },
     )
     .await?;
-    readiness.set_jetstream(jetstream.clone());
-    let limiter =
-        RateLimiter::open(&jetstream, config.quota.clone(), &config.common.streams).await?;
+    let Some((limiter, consumer)) = provisioned else {
+        return Err(EnrichError::Interrupted);
+    };
     // Publishes the quota gauges from the shared state before the first scrape (a spent or
     // unreadable quota is the worker's business, not a start failure).
     let _ = limiter.check(Priority::Live).await;
     let api = gong_api::GongApi::new(config.gong.clone(), limiter)?;
-    let consumer = worker::ensure_consumer(&jetstream, &config).await?;
     let info = consumer.cached_info();
     metrics::consumer_pending(info.num_pending, info.num_ack_pending);
     readiness.set_started(true);

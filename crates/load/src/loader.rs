@@ -1,9 +1,13 @@
 //! The live loop: pull enriched events, batch them into a contiguous sequence range, write the
 //! range's files, then acknowledge.
 //!
+//! The durable consumer `load` takes every subject of GONG_ENRICHED (`gong.enriched.>`: calls,
+//! users, answered scorecards); a message's subject decides its rows.
+//!
 //! Per message (stream sequence `seq`):
-//! - poison (undecodable, newer schema, no call id) → dead-lettered through `settle`; its
-//!   sequence still belongs to the range (it simply yields no rows);
+//! - poison (undecodable, newer schema, no entity id) → dead-lettered through `settle`; its
+//!   sequence still belongs to the range (it simply yields no rows); a subject this version has
+//!   no tables for yields no rows either, and is acknowledged with its range;
 //! - `seq` inside the open batch (a redelivery) → held again, acknowledged with the batch;
 //! - `seq` at or after the batch's next sequence → appended; a gap is filled by reading the
 //!   missing sequences from the stream, so the batch is always exactly `first..=next-1`;
@@ -28,7 +32,6 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use gong_common::ack::{settle, Outcome};
 use gong_common::admin::Readiness;
-use gong_common::event::EnrichedEvent;
 use gong_common::lease::LeaseState;
 use gong_common::names::{self, Stage as PipelineStage};
 use tokio::sync::watch;
@@ -40,6 +43,7 @@ use crate::metrics::{self, FlushReason};
 use crate::parquet_writer::Spool;
 use crate::range_writer::{decode, Ctx, Decoded, ENCODE_CHUNK};
 use crate::ranges::{Claim, RangeState};
+use crate::rows::Entity;
 
 /// Delay before a message covered by another replica's pending range comes back.
 const COVERED_RETRY: Duration = Duration::from_secs(1);
@@ -48,7 +52,7 @@ struct Batch {
     first: u64,
     next: u64,
     spool: Spool,
-    unencoded: Vec<(u64, Box<EnrichedEvent>)>,
+    unencoded: Vec<(u64, Entity)>,
     held: Vec<jetstream::Message>,
     deadline: Instant,
 }
@@ -60,29 +64,147 @@ impl Batch {
     }
 }
 
-/// Creates (or reuses) the durable consumer `load`.
-pub async fn ensure_consumer(
-    stream: &jetstream::stream::Stream,
+/// The configuration of the durable consumer `load`, starting at `deliver_policy`.
+fn consumer_config(
     config: &crate::LoadConfig,
-) -> Result<jetstream::consumer::Consumer<pull::Config>, LoadError> {
-    let wanted = pull::Config {
+    deliver_policy: jetstream::consumer::DeliverPolicy,
+) -> pull::Config {
+    pull::Config {
         durable_name: Some(names::CONSUMER_LOAD.to_string()),
         description: Some("gong-load: enriched events to Parquet on the stage".to_string()),
-        filter_subject: names::SUBJECT_ENRICHED_CALL.to_string(),
+        filter_subject: names::SUBJECTS_ENRICHED.to_string(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: config.ack_wait,
         max_ack_pending: config.max_ack_pending,
         max_deliver: -1,
-        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        deliver_policy,
         ..Default::default()
+    }
+}
+
+fn consumer_error(source: impl Into<async_nats::Error>) -> LoadError {
+    LoadError::Consumer {
+        consumer: names::CONSUMER_LOAD.to_string(),
+        stream: names::STREAM_ENRICHED.to_string(),
+        source: source.into(),
+    }
+}
+
+/// Creates the durable consumer `load` (filter `gong.enriched.>`), or updates the settings an
+/// update may change on one that already has that filter (its start position kept).
+///
+/// A consumer with another filter (an older version's `gong.enriched.call`) is left exactly as
+/// it is: nats-server 2.9.10 accepts a filter change on update but applies it only partly
+/// (no wake-ups for the new subjects, wrong matching when wildcards differ). The replica that
+/// holds the load lease replaces it before pulling ([`migrate_filter`]).
+pub async fn ensure_consumer(
+    stream: &jetstream::stream::Stream,
+    config: &crate::LoadConfig,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, LoadError> {
+    let deliver_policy = match stream.consumer_info(names::CONSUMER_LOAD).await {
+        Ok(info) if info.config.filter_subject != names::SUBJECTS_ENRICHED => {
+            tracing::info!(
+                filter = %info.config.filter_subject,
+                "consumer load has an older filter; the lease holder replaces it before pulling"
+            );
+            return stream
+                .get_consumer(names::CONSUMER_LOAD)
+                .await
+                .map_err(consumer_error);
+        }
+        Ok(info) => info.config.deliver_policy,
+        Err(err) if is_not_found(&err) => jetstream::consumer::DeliverPolicy::All,
+        Err(err) => return Err(consumer_error(err)),
     };
-    gong_common::streams::ensure_pull_consumer(stream, wanted)
+    gong_common::streams::ensure_pull_consumer(stream, consumer_config(config, deliver_policy))
         .await
-        .map_err(|source| LoadError::Consumer {
-            consumer: names::CONSUMER_LOAD.to_string(),
-            stream: names::STREAM_ENRICHED.to_string(),
-            source,
-        })
+        .map_err(consumer_error)
+}
+
+fn is_not_found(err: &jetstream::context::ConsumerInfoError) -> bool {
+    match err.kind() {
+        jetstream::context::ConsumerInfoErrorKind::NotFound => true,
+        jetstream::context::ConsumerInfoErrorKind::JetStream(js) => {
+            js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+        }
+        _ => false,
+    }
+}
+
+fn is_delete_not_found(err: &jetstream::stream::ConsumerError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::stream::ConsumerErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+    )
+}
+
+/// Makes sure the consumer `load` filters `gong.enriched.>`, replacing a consumer with another
+/// filter: delete it, then create it afresh starting where nothing is lost: the first sequence
+/// of the oldest pending range (its messages must come back so the range is written), else the
+/// manifest's head (everything below it is in done ranges), else the stream's start. Messages
+/// redelivered below the head are covered by done ranges and acknowledged without rewriting.
+///
+/// Run by the lease holder only, before it pulls: no replica pulls from the consumer meanwhile.
+/// Returns `Some(new consumer)` when it replaced the consumer.
+pub async fn migrate_filter(
+    ctx: &Ctx,
+) -> Result<Option<jetstream::consumer::Consumer<pull::Config>>, LoadError> {
+    let stream = &ctx.stream;
+    let filter = match stream.consumer_info(names::CONSUMER_LOAD).await {
+        Ok(info) if info.config.filter_subject == names::SUBJECTS_ENRICHED => return Ok(None),
+        Ok(info) => Some(info.config.filter_subject),
+        Err(err) if is_not_found(&err) => None,
+        Err(err) => return Err(consumer_error(err)),
+    };
+    let pending_first = ctx
+        .ranges
+        .all()
+        .await?
+        .into_iter()
+        .filter(|known| known.record.state == RangeState::Pending)
+        .map(|known| known.record.first)
+        .min();
+    let head = ctx.ranges.head().await?.map(|(next, _)| next);
+    let start = match (pending_first, head) {
+        (Some(pending), Some(head)) => Some(pending.min(head)),
+        (pending, head) => pending.or(head),
+    };
+    let deliver_policy = match start {
+        Some(start_sequence) => {
+            jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence }
+        }
+        None => jetstream::consumer::DeliverPolicy::All,
+    };
+    tracing::warn!(
+        old_filter = filter.as_deref().unwrap_or("(consumer missing)"),
+        new_filter = names::SUBJECTS_ENRICHED,
+        start_sequence = start,
+        "replacing consumer load to take every subject of GONG_ENRICHED"
+    );
+    if filter.is_some() {
+        match stream.delete_consumer(names::CONSUMER_LOAD).await {
+            Ok(_) => {}
+            Err(err) if is_delete_not_found(&err) => {}
+            Err(err) => return Err(consumer_error(err)),
+        }
+    }
+    let wanted = consumer_config(&ctx.config, deliver_policy);
+    match stream.create_consumer(wanted).await {
+        Ok(consumer) => Ok(Some(consumer)),
+        Err(create_error) => {
+            // Another replica starting up may have created it meanwhile (from the stream's
+            // start: slower, never lossy). Keep it if it has the right filter.
+            match stream.consumer_info(names::CONSUMER_LOAD).await {
+                Ok(info) if info.config.filter_subject == names::SUBJECTS_ENRICHED => stream
+                    .get_consumer(names::CONSUMER_LOAD)
+                    .await
+                    .map(Some)
+                    .map_err(consumer_error),
+                _ => Err(consumer_error(create_error)),
+            }
+        }
+    }
 }
 
 /// How a stretch of consuming ended.
@@ -100,7 +222,7 @@ enum Interruption {
 /// only for a failure no retry can fix (the stage then exits non-zero).
 pub async fn run(
     ctx: Ctx,
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+    mut consumer: jetstream::consumer::Consumer<pull::Config>,
     readiness: Readiness,
     shutdown: CancellationToken,
     mut lease: watch::Receiver<LeaseState>,
@@ -124,6 +246,20 @@ pub async fn run(
             break Ok(());
         }
         metrics::lease_active(true);
+        // Before pulling: the consumer must take every subject (an older version's consumer
+        // is replaced here, by the lease holder alone).
+        match migrate_filter(&loader.ctx).await {
+            Ok(Some(replacement)) => consumer = replacement,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot check the load consumer's filter; retrying before pulling");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        }
         tracing::info!(stage = %loader.ctx.stage.url(), "holding the load lease: consuming");
         match loader.consume(&consumer, &mut lease).await {
             Ok(Interruption::Shutdown) => break Ok(()),
@@ -244,8 +380,8 @@ impl Loader {
         };
         let seq = info.stream_sequence;
         metrics::consumer_pending(info.pending);
-        let decoded = decode(&message.payload);
-        if matches!(decoded, Decoded::Event(_)) {
+        let decoded = decode(message.subject.as_str(), &message.payload);
+        if !matches!(decoded, Decoded::Poison { .. }) {
             // Keep only what acking needs; the rows are built from `decoded`. Poison keeps its
             // payload for the dead-letter copy.
             message.message.payload = bytes::Bytes::new();
@@ -317,10 +453,11 @@ impl Loader {
         }
         batch.next = seq + 1;
         match decoded {
-            Decoded::Event(event) => {
-                batch.unencoded.push((seq, event));
+            Decoded::Entity(entity) => {
+                batch.unencoded.push((seq, entity));
                 batch.held.push(message);
             }
+            Decoded::Ignored => batch.held.push(message),
             Decoded::Poison { reason, detail } => {
                 dead_letter(&self.ctx, &message, reason, detail).await;
             }
@@ -364,7 +501,7 @@ impl Loader {
             Decoded::Poison { reason, detail } => {
                 dead_letter(&self.ctx, &message, reason, detail).await
             }
-            Decoded::Event(_) => {
+            Decoded::Entity(_) | Decoded::Ignored => {
                 if let Some(batch) = &mut self.batch {
                     batch.held.push(message);
                 }

@@ -41,6 +41,8 @@ pub const DEAD_LETTER_REASONS: &[&str] = &[
     "undecodable_event",
     "unsupported_schema_version",
     "missing_call_id",
+    "missing_user_id",
+    "missing_answered_scorecard_id",
 ];
 
 /// Registers every `gong_load_*` metric at its starting value, so a fresh process exposes the

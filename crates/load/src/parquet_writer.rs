@@ -20,7 +20,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use crate::rows::{append_event, TableSet};
+use crate::rows::{append_entity, append_event, Entity, TableSet};
 use crate::schema::{
     Table, META_RANGE_FIRST, META_RANGE_LAST, META_SCHEMA_VERSION, META_TABLE, SCHEMA_VERSION,
 };
@@ -94,7 +94,7 @@ pub struct Spool {
     properties: WriterProperties,
     tables: TableSet,
     writers: Vec<Option<ArrowWriter<File>>>,
-    rows: [usize; 6],
+    rows: [usize; Table::COUNT],
     events: usize,
     first_received_at: Option<DateTime<Utc>>,
 }
@@ -115,13 +115,14 @@ pub struct SpooledFile {
 /// The finished files of a range; the spool directory is removed on drop.
 pub struct SpooledRange {
     _dir: tempfile::TempDir,
-    /// Partition date: the UTC day of the first event's `received_at`.
+    /// Partition date: the UTC day of the first event's `received_at` (a user's or
+    /// scorecard's `fetched_at`).
     pub dt: Option<NaiveDate>,
     /// `received_at` of the first event.
     pub first_received_at: Option<DateTime<Utc>>,
     /// One file per table that has rows, in [`Table::ALL`] order.
     pub files: Vec<SpooledFile>,
-    /// Events (calls rows).
+    /// Events appended (calls, users and scorecards).
     pub events: usize,
 }
 
@@ -148,18 +149,31 @@ impl Spool {
             properties: settings.properties(),
             tables: TableSet::default(),
             writers: Table::ALL.iter().map(|_| None).collect(),
-            rows: [0; 6],
+            rows: [0; Table::COUNT],
             events: 0,
             first_received_at: None,
         })
     }
 
-    /// Appends the rows of one event (stored at `stream_seq`).
+    /// Appends the rows of one call event (stored at `stream_seq`).
     pub fn append(&mut self, event: &EnrichedEvent, stream_seq: u64) -> Result<(), EncodeError> {
         if self.first_received_at.is_none() {
             self.first_received_at = Some(event.received_at);
         }
         append_event(&mut self.tables, event, stream_seq);
+        self.appended()
+    }
+
+    /// Appends the rows of one event of any subject (stored at `stream_seq`).
+    pub fn append_entity(&mut self, entity: &Entity, stream_seq: u64) -> Result<(), EncodeError> {
+        if self.first_received_at.is_none() {
+            self.first_received_at = Some(entity.received_at());
+        }
+        append_entity(&mut self.tables, entity, stream_seq);
+        self.appended()
+    }
+
+    fn appended(&mut self) -> Result<(), EncodeError> {
         self.events += 1;
         if self
             .tables

@@ -2,8 +2,10 @@
 //!
 //! Shared by the live loop (rows from the messages it holds, gaps read from the stream), by the
 //! takeover of a stopped replica's range, and by replay (rows read from the stream). In every
-//! case the content is the events on `gong.enriched.call` whose GONG_ENRICHED sequence is in
-//! `first..=last`, in sequence order, minus the poison ones: a pure function of the range.
+//! case the content is every message of GONG_ENRICHED whose sequence is in `first..=last`, in
+//! sequence order, each turned into rows according to its subject (`gong.enriched.call`,
+//! `.user`, `.scorecard`; a subject this version does not know yields no rows), minus the
+//! poison ones: a pure function of the range.
 //!
 //! Reads that decide what a file contains are consistent: every sequence of the range is read
 //! by number through `STREAM.MSG.GET`, which only the stream leader answers (a direct get may
@@ -18,7 +20,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::AckKind, stream::RawMessageErrorKind};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use gong_common::event::{DecodeError, EnrichedEvent};
+use gong_common::event::{DecodeError, EnrichedEvent, EnrichedScorecard, EnrichedUser};
 use gong_common::names;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +29,7 @@ use crate::error::LoadError;
 use crate::metrics;
 use crate::parquet_writer::{Spool, SpooledRange};
 use crate::ranges::Ranges;
+use crate::rows::Entity;
 use crate::schema::Table;
 use crate::snowflake::Snowpipe;
 use crate::stage::{relative_path, Stage};
@@ -41,11 +44,14 @@ const READ_CONCURRENCY: usize = 64;
 /// up (for now: its messages come back and the range is tried again).
 const ABSENT_RETRY_FOR: Duration = Duration::from_secs(10);
 
-/// A payload from GONG_ENRICHED, decoded.
+/// A message from GONG_ENRICHED, decoded according to its subject.
 #[derive(Debug)]
 pub enum Decoded {
     /// A loadable event.
-    Event(Box<EnrichedEvent>),
+    Entity(Entity),
+    /// A subject this version has no tables for (a newer enricher's entity): no rows, not
+    /// poison; the message belongs to its range and is acknowledged with it.
+    Ignored,
     /// An event that can never be loaded.
     Poison {
         /// Short code.
@@ -55,15 +61,62 @@ pub enum Decoded {
     },
 }
 
-/// Decodes a payload; undecodable, newer-version and call-id-less events are poison.
-pub fn decode(payload: &[u8]) -> Decoded {
-    match EnrichedEvent::from_json(payload) {
-        Ok(event) if event.call_id().is_some_and(|id| !id.is_empty()) => {
-            Decoded::Event(Box::new(event))
+/// Subjects already reported as unknown, so each is logged once per process.
+static UNKNOWN_SUBJECTS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Decodes the payload of a message on `subject`: undecodable, newer-version and id-less
+/// events are poison; a subject without tables is [`Decoded::Ignored`] (logged once).
+pub fn decode(subject: &str, payload: &[u8]) -> Decoded {
+    match subject {
+        names::SUBJECT_ENRICHED_CALL => checked(
+            EnrichedEvent::from_json(payload),
+            |event| event.call_id(),
+            ("missing_call_id", "enriched event has no call.metaData.id"),
+            |event| Entity::Call(Box::new(event)),
+        ),
+        names::SUBJECT_ENRICHED_USER => checked(
+            EnrichedUser::from_json(payload),
+            |event| event.user_id(),
+            ("missing_user_id", "user event has no user.id"),
+            |event| Entity::User(Box::new(event)),
+        ),
+        names::SUBJECT_ENRICHED_SCORECARD => checked(
+            EnrichedScorecard::from_json(payload),
+            |event| event.answered_scorecard_id(),
+            (
+                "missing_answered_scorecard_id",
+                "scorecard event has no scorecard.answeredScorecardId",
+            ),
+            |event| Entity::Scorecard(Box::new(event)),
+        ),
+        other => {
+            let mut seen = UNKNOWN_SUBJECTS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if seen.insert(other.to_string()) {
+                tracing::warn!(
+                    subject = other,
+                    "messages on this subject have no tables in this version; they are acknowledged without rows"
+                );
+            }
+            Decoded::Ignored
         }
+    }
+}
+
+/// An event decoded as `T`, loadable when its entity id is present and not empty.
+fn checked<T>(
+    decoded: Result<T, DecodeError>,
+    id: impl Fn(&T) -> Option<&str>,
+    (reason, detail): (&'static str, &str),
+    entity: impl Fn(T) -> Entity,
+) -> Decoded {
+    match decoded {
+        Ok(event) if id(&event).is_some_and(|id| !id.is_empty()) => Decoded::Entity(entity(event)),
         Ok(_) => Decoded::Poison {
-            reason: "missing_call_id",
-            detail: "enriched event has no call.metaData.id".to_string(),
+            reason,
+            detail: detail.to_string(),
         },
         Err(DecodeError::UnsupportedVersion { found, supported }) => Decoded::Poison {
             reason: "unsupported_schema_version",
@@ -140,14 +193,14 @@ impl Ctx {
     pub async fn encode(
         &self,
         mut spool: Spool,
-        events: Vec<(u64, Box<EnrichedEvent>)>,
+        events: Vec<(u64, Entity)>,
     ) -> Result<Spool, LoadError> {
         if events.is_empty() {
             return Ok(spool);
         }
         tokio::task::spawn_blocking(move || {
-            for (seq, event) in &events {
-                spool.append(event, *seq)?;
+            for (seq, entity) in &events {
+                spool.append_entity(entity, *seq)?;
             }
             Ok::<Spool, LoadError>(spool)
         })
@@ -267,11 +320,8 @@ impl Ctx {
             let Some(message) = read? else {
                 continue;
             };
-            if message.subject.as_str() != names::SUBJECT_ENRICHED_CALL {
-                continue;
-            }
-            if let Decoded::Event(event) = decode(&message.payload) {
-                chunk.push((message.sequence, event));
+            if let Decoded::Entity(entity) = decode(message.subject.as_str(), &message.payload) {
+                chunk.push((message.sequence, entity));
             }
             if chunk.len() >= ENCODE_CHUNK {
                 spool = self.encode(spool, std::mem::take(&mut chunk)).await?;
@@ -396,8 +446,9 @@ mod tests {
 
     #[test]
     fn poison_is_classified() {
+        let call = names::SUBJECT_ENRICHED_CALL;
         assert!(matches!(
-            decode(b"nope"),
+            decode(call, b"nope"),
             Decoded::Poison {
                 reason: "undecodable_event",
                 ..
@@ -405,7 +456,7 @@ mod tests {
         ));
         let newer = br#"{"schema_version": 99}"#;
         assert!(matches!(
-            decode(newer),
+            decode(call, newer),
             Decoded::Poison {
                 reason: "unsupported_schema_version",
                 ..
@@ -415,11 +466,60 @@ mod tests {
             "raw_stream_seq": 1, "received_at": "2024-01-01T00:00:00Z",
             "fetched_at": "2024-01-01T00:00:00Z", "call": {}});
         assert!(matches!(
-            decode(no_id.to_string().as_bytes()),
+            decode(call, no_id.to_string().as_bytes()),
             Decoded::Poison {
                 reason: "missing_call_id",
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn each_subject_decodes_as_its_own_event() {
+        let user = serde_json::json!({"schema_version": 1, "event_id": "u",
+            "fetched_at": "2024-01-01T00:00:00Z", "user": {"id": 42}});
+        assert!(matches!(
+            decode(names::SUBJECT_ENRICHED_USER, user.to_string().as_bytes()),
+            Decoded::Entity(Entity::User(event)) if event.user_id() == Some("42")
+        ));
+        // The same body on the call subject is not a call.
+        assert!(matches!(
+            decode(names::SUBJECT_ENRICHED_CALL, user.to_string().as_bytes()),
+            Decoded::Poison {
+                reason: "undecodable_event",
+                ..
+            }
+        ));
+        let no_id = serde_json::json!({"schema_version": 1, "event_id": "u",
+            "fetched_at": "2024-01-01T00:00:00Z", "user": {"firstName": "Ann"}});
+        assert!(matches!(
+            decode(names::SUBJECT_ENRICHED_USER, no_id.to_string().as_bytes()),
+            Decoded::Poison {
+                reason: "missing_user_id",
+                ..
+            }
+        ));
+        let card = serde_json::json!({"schema_version": 1, "event_id": "s",
+            "fetched_at": "2024-01-01T00:00:00Z", "scorecard": {"answeredScorecardId": 7}});
+        assert!(matches!(
+            decode(names::SUBJECT_ENRICHED_SCORECARD, card.to_string().as_bytes()),
+            Decoded::Entity(Entity::Scorecard(event)) if event.answered_scorecard_id() == Some("7")
+        ));
+        let newer = serde_json::json!({"schema_version": 2, "scorecard": "other shape"});
+        assert!(matches!(
+            decode(
+                names::SUBJECT_ENRICHED_SCORECARD,
+                newer.to_string().as_bytes()
+            ),
+            Decoded::Poison {
+                reason: "unsupported_schema_version",
+                ..
+            }
+        ));
+        // A subject without tables is neither rows nor poison, whatever its payload.
+        assert!(matches!(
+            decode("gong.enriched.deal", b"not even json"),
+            Decoded::Ignored
         ));
     }
 }

@@ -164,7 +164,7 @@ pub async fn replay(
     Ok(summary)
 }
 
-/// The first sequence on `gong.enriched.call` stored at or after `time` (binary search over
+/// The first sequence of GONG_ENRICHED (any subject) stored at or after `time` (binary search over
 /// sequences, read through the stream leader; stream timestamps grow with sequences).
 async fn first_at_or_after(
     ctx: &crate::range_writer::Ctx,
@@ -179,7 +179,7 @@ async fn first_at_or_after(
         let middle = low + (high - low) / 2;
         let next = match ctx
             .stream
-            .get_first_raw_message_by_subject(gong_common::names::SUBJECT_ENRICHED_CALL, middle)
+            .get_first_raw_message_by_subject(gong_common::names::SUBJECTS_ENRICHED, middle)
             .await
         {
             Ok(message) => Some(message),

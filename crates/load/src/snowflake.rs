@@ -2,8 +2,11 @@
 //! `insertFiles` notification with key-pair JWT authentication.
 //!
 //! JSON columns (`*_json`) are `VARCHAR` in the tables, exactly as staged; the views parse them
-//! with `TRY_PARSE_JSON`. The views hide duplicates: one row per call (its latest enrichment),
-//! and the child rows of that enrichment only, each once.
+//! with `TRY_PARSE_JSON`. The views hide duplicates: one row per call, user and answered
+//! scorecard (the latest enrichment or fetch: the greatest `ENRICHED_STREAM_SEQ`), and of each
+//! child table only the rows of that enrichment, each once. Load history alone does not protect
+//! analysts (Snowflake forgets loaded names after 64 days for COPY, 14 for Snowpipe; an event
+//! enriched twice is two sets of rows under different names): the views do.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::schema::{Table, SCHEMA_VERSION};
+use crate::schema::{Kind, Latest, Table, ENRICHED_SEQ_COLUMN, SCHEMA_VERSION};
 
 /// Name of the file format in the setup SQL.
 pub const FILE_FORMAT: &str = "GONG_PARQUET";
@@ -43,6 +46,98 @@ fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// Name of the storage integration the example stage uses.
+pub const STORAGE_INTEGRATION: &str = "GONG_STAGE_INTEGRATION";
+
+/// The alias under which a view exposes the parsed JSON of `column` (`EXTRA_JSON` → `EXTRA`).
+pub fn parsed_json_alias(column: &str) -> String {
+    let upper = column.to_ascii_uppercase();
+    match upper.trim_end_matches("_JSON") {
+        // VALUE is a keyword-like name in Snowflake; keep the alias unambiguous.
+        "VALUE" => "FIELD_VALUE".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The `SELECT` list of a view over `alias`'s rows: every column, then each JSON column parsed.
+fn view_select(table: Table, alias: &str) -> String {
+    let mut select = format!("{alias}.*");
+    for column in table.columns().iter().filter(|c| c.kind == Kind::Json) {
+        let _ = write!(
+            select,
+            ", TRY_PARSE_JSON({alias}.{}) AS {}",
+            column.name.to_ascii_uppercase(),
+            parsed_json_alias(column.name)
+        );
+    }
+    select
+}
+
+/// The `CREATE OR REPLACE VIEW` of `table`'s `*_LATEST` view.
+pub fn view_sql(table: Table) -> String {
+    let seq = ENRICHED_SEQ_COLUMN.to_ascii_uppercase();
+    match table.latest() {
+        Latest::Entity { key } => format!(
+            "-- One row per {key_upper}: its latest enrichment or fetch (the greatest {seq}).\n\
+             CREATE OR REPLACE VIEW {view} AS\n\
+             SELECT {select}\n\
+             FROM {table} t\n\
+             QUALIFY ROW_NUMBER() OVER (PARTITION BY t.{key_upper} ORDER BY t.{seq} DESC) = 1;\n",
+            key_upper = key.to_ascii_uppercase(),
+            view = view_ident(table),
+            select = view_select(table, "t"),
+            table = table_ident(table),
+        ),
+        Latest::Child { parent, key } => format!(
+            "-- Rows of the latest enrichment or fetch of each {parent_name} (same {key_upper} and\n\
+             -- {seq} as {parent_view}), each distinct row once.\n\
+             CREATE OR REPLACE VIEW {view} AS\n\
+             SELECT {select}\n\
+             FROM (\n  SELECT DISTINCT t.*\n  FROM {table} t\n  \
+             JOIN {parent_view} p ON t.{key_upper} = p.{key_upper} AND t.{seq} = p.{seq}\n) d;\n",
+            parent_name = match parent {
+                Table::AnsweredScorecards => "answered scorecard",
+                _ => "call",
+            },
+            key_upper = key.to_ascii_uppercase(),
+            parent_view = view_ident(parent),
+            view = view_ident(table),
+            select = view_select(table, "d"),
+            table = table_ident(table),
+        ),
+    }
+}
+
+/// The `CREATE TABLE IF NOT EXISTS` of `table`.
+pub fn table_sql(table: Table) -> String {
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", table_ident(table));
+    let columns = table.columns();
+    for (index, column) in columns.iter().enumerate() {
+        let not_null = if column.nullable { "" } else { " NOT NULL" };
+        let comma = if index + 1 < columns.len() { "," } else { "" };
+        let _ = writeln!(
+            sql,
+            "  {} {}{} COMMENT {}{}",
+            column.name.to_ascii_uppercase(),
+            column.kind.snowflake_type(),
+            not_null,
+            sql_string(column.doc),
+            comma
+        );
+    }
+    sql.push_str(");\n");
+    sql
+}
+
+/// The COPY statement of `table`'s pipe (what a scheduled COPY runs without Snowpipe).
+pub fn copy_sql(table: Table) -> String {
+    format!(
+        "COPY INTO {table}\n  FROM @{STAGE}/{folder}/\n  FILE_FORMAT = (FORMAT_NAME = '{FILE_FORMAT}')\n  MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE",
+        table = table_ident(table),
+        folder = table.name(),
+    )
+}
+
 /// The setup SQL: file format, example stage, tables, pipes and de-duplicating views.
 /// `deploy/snowflake/setup.sql` is this text, kept equal by a test.
 pub fn setup_sql() -> String {
@@ -53,11 +148,23 @@ pub fn setup_sql() -> String {
          -- Generated by `gong-load snowflake-sql`; do not edit by hand (a test keeps this file equal\n\
          -- to the generated text). Run it in the database and schema of your choice:\n\
          --   USE SCHEMA <database>.<schema>;\n\
+         -- Upgrading from an earlier schema version: docs/operations.md, \"Snowflake schema upgrades\".\n\
          --\n\
-         -- JSON columns (*_JSON) are VARCHAR, as staged; the *_LATEST views parse them with\n\
-         -- TRY_PARSE_JSON. Load through the pipes (Snowpipe) or run their COPY statements by hand.\n\
-         -- Snowflake remembers loaded file names, and gong-load never reuses a name for other\n\
-         -- content, so re-running a COPY or replaying a range does not load a file twice.\n"
+         -- Query the *_LATEST views, not the tables. gong-load names each file after its range of\n\
+         -- GONG_ENRICHED sequences and never reuses a name for other content, and Snowflake skips a\n\
+         -- file it has loaded, but only while it remembers it (64 days of load metadata for COPY, 14\n\
+         -- for Snowpipe): a file loaded again after that (a replay, COPY ... FORCE, a refreshed pipe)\n\
+         -- repeats its rows, and an event enriched twice (a repeated webhook, a transcript recheck,\n\
+         -- a replay) is two sets of rows. The views keep one row per call, user and answered\n\
+         -- scorecard, its latest enrichment or fetch (the greatest ENRICHED_STREAM_SEQ), and of\n\
+         -- each child table only that enrichment's rows, each once. The tables keep history.\n\
+         --\n\
+         -- Times: TIMESTAMP_TZ columns are instants shown in the session's TIMEZONE (Snowpipe loads\n\
+         -- with the account default, often America/Los_Angeles), so <column>::DATE is that zone's\n\
+         -- day. The *_DATE_UTC columns are UTC days in every session; CONVERT_TIMEZONE('UTC', <column>)\n\
+         -- gives any instant in UTC. JSON columns (*_JSON) are VARCHAR, as staged; the views parse\n\
+         -- them (EXTRA_JSON as EXTRA, VALUE_JSON as FIELD_VALUE, SELECTED_OPTIONS_JSON as\n\
+         -- SELECTED_OPTIONS). Load through the pipes (Snowpipe) or run their COPY statements.\n"
     );
     let _ = writeln!(
         sql,
@@ -65,68 +172,24 @@ pub fn setup_sql() -> String {
     );
     let _ = writeln!(
         sql,
-        "-- The stage points at gong-load's STAGE_URL. Example for S3 with a storage integration;\n\
-         -- see CREATE STAGE for GCS (gcs://) and Azure (azure://).\n\
-         CREATE STAGE IF NOT EXISTS {STAGE}\n  URL = 's3://<bucket>/<prefix>/'\n  STORAGE_INTEGRATION = <storage_integration>\n  FILE_FORMAT = {FILE_FORMAT};\n"
+        "-- The stage points at gong-load's STAGE_URL. Example for S3 with a storage integration\n\
+         -- (CREATE STORAGE INTEGRATION {STORAGE_INTEGRATION} ..., or name yours); see CREATE STAGE\n\
+         -- for GCS (gcs://) and Azure (azure://).\n\
+         CREATE STAGE IF NOT EXISTS {STAGE}\n  URL = 's3://<bucket>/<prefix>/'\n  STORAGE_INTEGRATION = {STORAGE_INTEGRATION}\n  FILE_FORMAT = {FILE_FORMAT};\n"
     );
     for table in Table::ALL {
-        let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {} (", table_ident(table));
-        let columns = table.columns();
-        for (index, column) in columns.iter().enumerate() {
-            let not_null = if column.nullable { "" } else { " NOT NULL" };
-            let comma = if index + 1 < columns.len() { "," } else { "" };
-            let _ = writeln!(
-                sql,
-                "  {} {}{} COMMENT {}{}",
-                column.name.to_ascii_uppercase(),
-                column.kind.snowflake_type(),
-                not_null,
-                sql_string(column.doc),
-                comma
-            );
-        }
-        let _ = writeln!(sql, ");\n");
+        let _ = writeln!(sql, "{}", table_sql(table));
     }
     for table in Table::ALL {
         let _ = writeln!(
             sql,
-            "CREATE PIPE IF NOT EXISTS {pipe} AS\n  COPY INTO {table}\n  FROM @{STAGE}/{folder}/\n  FILE_FORMAT = (FORMAT_NAME = '{FILE_FORMAT}')\n  MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE;\n",
+            "CREATE PIPE IF NOT EXISTS {pipe} AS\n  {copy};\n",
             pipe = pipe_ident(table),
-            table = table_ident(table),
-            folder = table.name(),
+            copy = copy_sql(table),
         );
     }
-    let _ = writeln!(
-        sql,
-        "-- One row per call: its latest webhook, then its latest enrichment.\n\
-         CREATE OR REPLACE VIEW {view} AS\nSELECT c.*, TRY_PARSE_JSON(c.EXTRA_JSON) AS EXTRA\nFROM {calls} c\nQUALIFY ROW_NUMBER() OVER (\n  PARTITION BY c.CALL_ID\n  ORDER BY c.RECEIVED_AT DESC, c.FETCHED_AT DESC, c.EVENT_ID DESC\n) = 1;\n",
-        view = view_ident(Table::Calls),
-        calls = table_ident(Table::Calls),
-    );
-    for table in Table::ALL.into_iter().skip(1) {
-        let json_column = table
-            .columns()
-            .iter()
-            .find(|column| column.kind == crate::schema::Kind::Json)
-            .map(|column| column.name.to_ascii_uppercase());
-        let parsed = json_column
-            .map(|name| {
-                let alias = match name.trim_end_matches("_JSON") {
-                    // VALUE is a keyword-like name in Snowflake; keep the alias unambiguous.
-                    "VALUE" => "FIELD_VALUE",
-                    other => other,
-                };
-                format!(", TRY_PARSE_JSON(d.{name}) AS {alias}")
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            sql,
-            "-- Rows of each call's latest enrichment, each once.\n\
-             CREATE OR REPLACE VIEW {view} AS\nSELECT d.*{parsed}\nFROM (\n  SELECT DISTINCT t.*\n  FROM {child} t\n  JOIN {calls_view} c ON t.EVENT_ID = c.EVENT_ID\n) d;\n",
-            view = view_ident(table),
-            child = table_ident(table),
-            calls_view = view_ident(Table::Calls),
-        );
+    for table in Table::ALL {
+        let _ = writeln!(sql, "{}", view_sql(table));
     }
     sql.truncate(sql.trim_end().len());
     sql.push('\n');
@@ -447,6 +510,19 @@ mod tests {
             assert!(sql.contains(&format!("FROM @{STAGE}/{}/", table.name())));
         }
         assert!(sql.contains("STARTED TIMESTAMP_TZ"));
+        assert!(sql.contains("STARTED_DATE_UTC DATE"));
+        assert!(
+            sql.contains("START_MS NUMBER(38,0) COMMENT"),
+            "start_ms is nullable"
+        );
+        assert!(sql.contains(
+            "JOIN CALLS_LATEST p ON t.CALL_ID = p.CALL_ID AND t.ENRICHED_STREAM_SEQ = p.ENRICHED_STREAM_SEQ"
+        ));
+        assert!(sql.contains(
+            "JOIN ANSWERED_SCORECARDS_LATEST p ON t.ANSWERED_SCORECARD_ID = p.ANSWERED_SCORECARD_ID"
+        ));
+        assert!(sql.contains("PARTITION BY t.USER_ID ORDER BY t.ENRICHED_STREAM_SEQ DESC"));
+        assert!(sql.contains("TRY_PARSE_JSON(d.SELECTED_OPTIONS_JSON) AS SELECTED_OPTIONS"));
         assert!(sql.contains("IS_PRIVATE BOOLEAN"));
         assert!(sql.contains("USE_VECTORIZED_SCANNER = TRUE"));
         assert!(sql.contains("MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"));

@@ -56,7 +56,8 @@ async fn inspect_prints_schema_and_rows_of_staged_files() {
             || text.contains("started: Timestamp(Microsecond"),
         "{text}"
     );
-    assert!(text.contains("gong.schema_version: 1"), "{text}");
+    assert!(text.contains("gong.schema_version: 2"), "{text}");
+    assert!(text.contains("started_date_utc: Date32"), "{text}");
     assert!(
         text.contains("\"call_id\":\"7000000000000000001\""),
         "{text}"

@@ -12,14 +12,24 @@ use async_nats::jetstream;
 use gong_common::names;
 use gong_common::streams::{ensure_streams, StreamKind, StreamSettings};
 use gong_common::Env;
+use gong_load::schema::Table;
 use gong_load::{LoadConfig, Running};
 use gong_testkit::nats::free_port;
 use gong_testkit::{wait_until, NatsServer};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_util::sync::CancellationToken;
 
-/// Rows one [`event_json`] event gives per table, in `Table::ALL` order.
-pub const ROWS_PER_EVENT: [usize; 6] = [1, 2, 3, 1, 1, 1];
+/// Rows one [`event_json`] event gives per table, in `Table::ALL` order (a call event: no
+/// rows in the user and scorecard tables).
+pub const ROWS_PER_EVENT: [usize; Table::COUNT] = [1, 2, 3, 1, 1, 1, 2, 0, 0, 0];
+
+/// The tables one [`event_json`] event has rows in.
+pub fn call_tables() -> Vec<Table> {
+    Table::ALL
+        .into_iter()
+        .filter(|table| ROWS_PER_EVENT[table.index()] > 0)
+        .collect()
+}
 
 /// The call id of event `index`.
 pub fn call_id(index: u64) -> String {
@@ -58,7 +68,11 @@ pub fn event_json(index: u64) -> Vec<u8> {
                 "topics": [{"name": "Pricing", "duration": 120.5}],
                 "trackers": [{"id": "99", "name": "Competitors", "count": 3, "type": "KEYWORD"}]
             },
-            "context": [{"system": "Salesforce", "objects": [{"objectType": "Opportunity", "objectId": "006x", "fields": [{"name": "Amount", "value": 1000}]}]}]
+            "context": [{"system": "Salesforce", "objects": [{"objectType": "Opportunity", "objectId": "006x", "fields": [{"name": "Amount", "value": 1000}]}]}],
+            "interaction": {
+                "speakers": [{"id": "1", "userId": "234599484848423", "talkTime": 1100.5}, {"id": "2", "talkTime": 640}],
+                "interactionStats": [{"name": "Talk Ratio", "value": 0.63}, {"name": "Interactivity", "value": 4.2}]
+            }
         },
         "transcript": [
             {"speakerId": "6432345678555530067", "topic": "Intro", "sentences": [

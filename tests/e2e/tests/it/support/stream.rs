@@ -19,7 +19,7 @@ pub struct Entry {
     /// Its `event_id`.
     pub event_id: String,
     /// How many rows gong-load makes of it, per table (indexed like [`Table::ALL`]).
-    pub rows: [usize; 6],
+    pub rows: [usize; Table::COUNT],
 }
 
 /// GONG_ENRICHED at one moment.
@@ -121,7 +121,7 @@ pub async fn read_enriched(jetstream: &jetstream::Context) -> Result<Enriched, S
             Ok(event) if event.call_id().is_some_and(|id| !id.is_empty()) => {
                 let mut tables = TableSet::default();
                 append_event(&mut tables, &event, seq);
-                let mut rows = [0usize; 6];
+                let mut rows = [0usize; Table::COUNT];
                 for table in Table::ALL {
                     rows[table.index()] = tables.get_mut(table).len();
                 }

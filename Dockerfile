@@ -7,12 +7,20 @@
 #   docker run --rm gong-pipeline:dev --help
 #   docker run --rm --entrypoint gong-load gong-pipeline:dev --help
 #
+# Without a Docker daemon or registry access, scripts/image.sh builds the same image with podman,
+# offline: a runtime base made from Debian packages (RUNTIME_BASE) and binaries built on the host
+# (`--build-context builder=DIR` stands in for the builder stage, which then never runs).
+#
 # Build caching uses BuildKit cache mounts rather than a dummy-crate layer: the cargo registry,
 # git checkouts and target/ persist between builds on the same builder, so a source change
 # recompiles only the workspace crates. (Cache mounts are not part of the image; the binaries
 # are copied out of target/ inside the same RUN.)
 
 ARG RUST_VERSION=1
+# distroless/cc: glibc, libgcc, libssl, CA certificates (rustls verifies Gong, S3 and Snowflake
+# against the system roots), tzdata; no shell, no package manager. The :nonroot tag runs as 65532.
+# scripts/image.sh passes localhost/gong-runtime-base:bookworm, made from the same Debian packages.
+ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
 
 # --------------------------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS builder
@@ -25,19 +33,22 @@ WORKDIR /src
 COPY . .
 
 # aws-lc-sys and zstd-sys build their C code with the image's gcc (no cmake needed on
-# x86_64/aarch64 Linux).
+# x86_64/aarch64 Linux). The `image` profile (Cargo.toml) is release without debug info.
+# Behind a TLS-intercepting proxy, hand cargo the host's CA bundle as a build secret: it is mounted
+# for this step only and never stored in a layer.
+#   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt .
 RUN --mount=type=cache,id=cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=gong-target,target=/src/target,sharing=locked \
-    cargo build --release --locked \
+    --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export CARGO_HTTP_CAINFO=/run/secrets/ca-bundle; fi \
+ && cargo build --profile image --locked \
         --bin gong-ingest --bin gong-enrich --bin gong-load \
  && mkdir -p /out \
- && cp target/release/gong-ingest target/release/gong-enrich target/release/gong-load /out/
+ && cp target/image/gong-ingest target/image/gong-enrich target/image/gong-load /out/
 
 # --------------------------------------------------------------------------------------------
-# distroless/cc: glibc, libgcc, CA certificates (rustls verifies Gong, S3 and Snowflake against
-# the system roots), tzdata; no shell, no package manager. The :nonroot tag runs as 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+FROM ${RUNTIME_BASE} AS runtime
 
 LABEL org.opencontainers.image.title="gong-pipeline" \
       org.opencontainers.image.description="Gong webhooks -> NATS JetStream -> Gong API enrichment -> Parquet stage -> Snowflake" \

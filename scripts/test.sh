@@ -75,10 +75,19 @@ if [ -f tests/deploy/check.sh ]; then
   bash tests/deploy/check.sh
 fi
 
+step "container image (scripts/image.sh: a runtime base from Debian packages, podman, offline)"
+if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = "true" ]; then
+  scripts/image.sh
+  step "container smoke test (the three stages as containers of the image, hardened as in deploy/k8s)"
+  GONG_SIM=target/debug/gong-sim bash tests/container/smoke.sh
+else
+  echo "not root: skipping the image and its smoke test (podman's root store; run as root)"
+fi
+
 if [ -x benches/quick.sh ]; then
   step "benchmarks, quick mode (no assertion on time)"
   benches/quick.sh
 fi
 
-echo
-echo "all checks passed"
+step "done"
+echo "all checks passed in $((SECONDS / 60)) min $((SECONDS % 60)) s"

@@ -830,25 +830,69 @@ def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
     return stages
 
 
+def dockerfile_global_args(text: str) -> dict[str, str]:
+    """Defaults of the ARGs declared before the first FROM (the ones FROM lines may use)."""
+    args: dict[str, str] = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.upper().startswith("FROM "):
+            break
+        if stripped.upper().startswith("ARG "):
+            name, _, default = stripped[4:].strip().partition("=")
+            args[name.strip()] = default.strip().strip('"')
+    return args
+
+
+def substitute_args(value: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), value)
+
+
 def check_dockerfile(c: Checker, repo: Path) -> None:
-    stages = dockerfile_stages((repo / "Dockerfile").read_text())
+    text = (repo / "Dockerfile").read_text()
+    stages = dockerfile_stages(text)
     if not c.check("Dockerfile has a builder and a final stage", len(stages) >= 2):
         return
+    args = dockerfile_global_args(text)
     builder, final = stages[0], stages[-1]
     c.check("Dockerfile builder is rust:*-bookworm", "rust:" in builder[0][1] and "bookworm" in builder[0][1], builder[0][1])
     run = " ".join(rest for instruction, rest in builder if instruction == "RUN")
+    profile = tomllib.loads((repo / "Cargo.toml").read_text()).get("profile", {}).get("image", {})
     c.check(
-        "Dockerfile builds the three binaries in release mode",
-        "--release" in run and all(f"--bin gong-{stage}" in run for stage in STAGES),
+        "Cargo profile `image` is release without debug info",
+        profile.get("inherits") == "release"
+        and profile.get("debug", True) in (False, 0, "none")
+        and profile.get("strip") in ("debuginfo", "symbols", True),
+        f"[profile.image] = {profile}",
+    )
+    c.check(
+        "Dockerfile builds the three binaries with the `image` profile and copies them from target/image",
+        "--profile image" in run
+        and all(f"--bin gong-{stage}" in run for stage in STAGES)
+        and all(f"target/image/gong-{stage}" in run for stage in STAGES),
+    )
+    c.check(
+        "Dockerfile hands the builder a CA bundle only as a build secret (never a layer)",
+        "--mount=type=secret,id=ca-bundle" in run
+        and not any(
+            ".crt" in rest or "ca-certificates" in rest
+            for stage in stages
+            for instruction, rest in stage
+            if instruction in ("COPY", "ADD")
+        ),
     )
     c.check(
         "Dockerfile caches the cargo registry and target with BuildKit mounts",
         "--mount=type=cache" in run and "/usr/local/cargo/registry" in run and "target" in run,
     )
     c.check(
-        "Dockerfile final stage is distroless cc nonroot",
-        final[0][1].startswith("gcr.io/distroless/cc-debian12:nonroot"),
+        "Dockerfile runtime base is the build argument RUNTIME_BASE (scripts/image.sh sets it)",
+        final[0][1].split()[0] in ("${RUNTIME_BASE}", "$RUNTIME_BASE"),
         final[0][1],
+    )
+    c.check(
+        "Dockerfile runtime base defaults to distroless cc nonroot",
+        substitute_args(final[0][1], args).startswith("gcr.io/distroless/cc-debian12:nonroot"),
+        substitute_args(final[0][1], args),
     )
     users = [rest for instruction, rest in final if instruction == "USER"]
     user = users[-1].split(":")[0] if users else ""

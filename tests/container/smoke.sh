@@ -308,6 +308,38 @@ check_metric "gong-enrich's /metrics counts the enriched events" "$ADMIN_ENRICH"
   gong_enrich_events_total 'outcome="enriched"' "$COUNT"
 check_metric "gong-load's /metrics counts staged files" "$ADMIN_LOAD" gong_load_files_total '' +
 
+# --- operator commands as the runbook and the replay Jobs run them ---------------------------------
+# docs/operations.md: `kubectl exec deploy/gong-ingest -- gong-ingest dlq list` (no shell needed).
+if out=$(podman exec "$run_id-ingest" gong-ingest dlq list 2>&1); then
+  pass "gong-ingest dlq list runs by exec in the running container"
+else
+  fail "gong-ingest dlq list runs by exec in the running container" "$out"
+fi
+# deploy/k8s/jobs/*-replay.yaml: the same image, environment and pod security, one-shot.
+if out=$("${RUN[@]}" --rm "${SECURE[@]}" --memory 512m --tmpfs "/tmp:rw,size=64m,mode=1777" \
+  --env-file "$work/enrich.env" --entrypoint gong-enrich "$IMAGE" replay --from-seq 1 --dry-run 2>&1); then
+  pass "gong-enrich replay --dry-run runs as a Job container and exits 0"
+else
+  fail "gong-enrich replay --dry-run runs as a Job container and exits 0" "$out"
+fi
+(cd "$work/stage" && find . -type f -name '*.parquet' -exec sha256sum {} + | LC_ALL=C sort) >"$work/stage-before"
+# A lost stage (docs/operations.md, disaster recovery): the replay must bring the files back.
+find "$work/stage" -type f -name '*.parquet' -delete
+if out=$("${RUN[@]}" --rm "${SECURE[@]}" --memory 1g --tmpfs "/tmp:rw,size=1g,mode=1777" \
+  --env-file "$work/load.env" -v "$work/stage:/stage:rw" --entrypoint gong-load "$IMAGE" \
+  replay --from-seq 1 2>&1); then
+  pass "gong-load replay --from-seq 1 runs as a Job container and exits 0"
+else
+  fail "gong-load replay --from-seq 1 runs as a Job container and exits 0" "$out"
+fi
+(cd "$work/stage" && find . -type f -name '*.parquet' -exec sha256sum {} + | LC_ALL=C sort) >"$work/stage-after"
+if [ -s "$work/stage-before" ] && cmp -s "$work/stage-before" "$work/stage-after"; then
+  pass "the replay rewrote the deleted stage files under the same names with the same bytes"
+else
+  fail "the replay rewrote the deleted stage files under the same names with the same bytes" \
+    "$(diff "$work/stage-before" "$work/stage-after" | head -n 12)"
+fi
+
 # --- shutdown and logs ----------------------------------------------------------------------------
 # Kubernetes sends SIGTERM to the container's PID 1 (the binary itself: no init) and waits
 # terminationGracePeriodSeconds.

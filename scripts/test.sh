@@ -18,8 +18,8 @@ fi
 export RUST_BACKTRACE=1
 
 # Each step ends with its duration (the suite must stay under 30 minutes on 2 cores in CI).
-step_started=$SECONDS
-step_name=
+step_started=0
+step_name="scripts/setup.sh --test"
 step() {
   [ -z "$step_name" ] || echo "    ($step_name: $((SECONDS - step_started)) s)"
   step_started=$SECONDS

@@ -22,6 +22,14 @@
 //!   transcript; **deleted calls** ([`GongDouble::delete_call`]) are absent from every answer.
 //! - `contentSelector` is honoured: `context` (`None`, `Basic`, `Extended`) and each
 //!   `exposedFields` flag decide which blocks a call carries, as in Gong.
+//! - **Listing by date**: `POST /v2/calls/extensive` with no `callIds` lists the calls of the
+//!   double's history ([`GongDouble::add_calls`]) *started* in `[fromDateTime, toDateTime)`
+//!   (from inclusive, to exclusive; either may be absent), ordered by start, 100 per page with
+//!   the cursor in the body, 404 when none matches; each page is one request against the
+//!   limits. With `callIds` and dates, only the ids started inside the range answer.
+//! - **Late transcripts** ([`GongDouble::delay_transcript`], [`GongDouble::hold_transcript`]):
+//!   until the configured moment (or [`GongDouble::release_transcript`]) the transcript endpoint
+//!   answers the call with an empty `transcript`, as Gong does for a call not transcribed yet.
 //!
 //! Call data is generated deterministically from the numeric call id (the same id always yields
 //! the same call): metadata with ISO-8601 times with offset and microseconds, parties with
@@ -115,6 +123,19 @@ pub enum Fault {
     Unauthorized,
 }
 
+/// One listing page served (a request with no `callIds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedPage {
+    /// `filter.fromDateTime` as sent (empty when absent).
+    pub from: String,
+    /// `filter.toDateTime` as sent (empty when absent).
+    pub to: String,
+    /// Index of the page's first call in the listing (0 for the first page).
+    pub offset: usize,
+    /// Calls on the page.
+    pub calls: usize,
+}
+
 /// What the double has seen and answered.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GongStats {
@@ -136,6 +157,10 @@ pub struct GongStats {
     pub in_flight: u64,
     /// Requests admitted today (counted against the daily quota).
     pub admitted_today: u64,
+    /// Listing pages served (admitted requests with no `callIds`), in order.
+    pub listed_pages: Vec<ListedPage>,
+    /// Transcripts answered empty because they were not ready yet.
+    pub empty_transcripts_served: u64,
 }
 
 impl GongStats {
@@ -153,6 +178,11 @@ impl GongStats {
     pub fn call_requests(&self) -> u64 {
         self.requests_to(EXTENSIVE_PATH) + self.requests_to(TRANSCRIPT_PATH)
     }
+
+    /// Listing pages served.
+    pub fn list_requests(&self) -> u64 {
+        self.listed_pages.len() as u64
+    }
 }
 
 struct State {
@@ -164,6 +194,10 @@ struct State {
     private: HashSet<String>,
     deleted: HashSet<String>,
     padded: HashMap<String, usize>,
+    /// The company's call history for listings: call id to start time.
+    history: HashMap<String, DateTime<Utc>>,
+    /// Calls whose transcript is empty until the moment (`None`: until released).
+    transcript_ready: HashMap<String, Option<Instant>>,
     stats: GongStats,
     request_counter: u64,
 }
@@ -212,6 +246,8 @@ impl GongDouble {
                 private: config.private_calls.into_iter().collect(),
                 deleted: config.deleted_calls.into_iter().collect(),
                 padded: HashMap::new(),
+                history: HashMap::new(),
+                transcript_ready: HashMap::new(),
                 stats: GongStats::default(),
                 request_counter: 0,
             }),
@@ -270,6 +306,45 @@ impl GongDouble {
     /// From now on, `call_id` is private: `isPrivate` true and no transcript.
     pub fn make_private(&self, call_id: &str) {
         self.shared.state().private.insert(call_id.to_string());
+    }
+
+    /// Adds calls to the company's history: listings by date return them (by `started`), and
+    /// their `metaData.started` is that time in every answer. Ids are numeric strings.
+    pub fn add_calls<I, S>(&self, calls: I)
+    where
+        I: IntoIterator<Item = (S, DateTime<Utc>)>,
+        S: Into<String>,
+    {
+        let mut state = self.shared.state();
+        for (call_id, started) in calls {
+            state.history.insert(call_id.into(), started);
+        }
+    }
+
+    /// Calls in the history.
+    pub fn history_len(&self) -> usize {
+        self.shared.state().history.len()
+    }
+
+    /// `call_id`'s transcript is empty (not ready yet) for `delay` from now.
+    pub fn delay_transcript(&self, call_id: &str, delay: Duration) {
+        self.shared
+            .state()
+            .transcript_ready
+            .insert(call_id.to_string(), Some(Instant::now() + delay));
+    }
+
+    /// `call_id`'s transcript is empty until [`GongDouble::release_transcript`].
+    pub fn hold_transcript(&self, call_id: &str) {
+        self.shared
+            .state()
+            .transcript_ready
+            .insert(call_id.to_string(), None);
+    }
+
+    /// `call_id`'s transcript is served from now on.
+    pub fn release_transcript(&self, call_id: &str) {
+        self.shared.state().transcript_ready.remove(call_id);
     }
 
     /// Changes the limits (the window and today's count are kept).
@@ -483,7 +558,7 @@ fn admit(shared: &Shared, authorization: Option<&str>) -> Admission {
     Admission::Admitted { fault, request_id }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Extensive,
     Transcript,
@@ -526,18 +601,70 @@ fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) ->
             call_ids.push(id);
         }
     }
-    let (matching, private, padded) = {
+    let mut range = [None, None];
+    for (slot, field) in range.iter_mut().zip(["fromDateTime", "toDateTime"]) {
+        match request.pointer(&format!("/filter/{field}")) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(text)) => match DateTime::parse_from_rfc3339(text) {
+                Ok(time) => *slot = Some((text.clone(), time.with_timezone(&Utc))),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        request_id,
+                        &format!("filter.{field} must be an ISO-8601 date-time"),
+                    )
+                }
+            },
+            Some(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    request_id,
+                    &format!("filter.{field} must be a string"),
+                )
+            }
+        }
+    }
+    let [from, to] = range;
+    let in_range = |started: DateTime<Utc>| {
+        from.as_ref().is_none_or(|(_, from)| started >= *from)
+            && to.as_ref().is_none_or(|(_, to)| started < *to)
+    };
+    // Listing: no call ids, the history's calls started inside the range, oldest first.
+    let listing = call_ids.is_empty() && endpoint == Endpoint::Extensive;
+    let now = Instant::now();
+    let (matching, private, padded, history, not_ready) = {
         let mut state = shared.state();
         state.stats.call_ids_per_request.push(call_ids.len());
-        let matching: Vec<String> = call_ids
-            .iter()
-            .filter(|id| !state.deleted.contains(*id))
-            .filter(|id| match endpoint {
-                Endpoint::Extensive => true,
-                Endpoint::Transcript => !state.private.contains(*id),
-            })
-            .cloned()
-            .collect();
+        let matching: Vec<String> = if listing {
+            let mut listed: Vec<(DateTime<Utc>, &String)> = state
+                .history
+                .iter()
+                .filter(|(id, started)| in_range(**started) && !state.deleted.contains(*id))
+                .map(|(id, started)| (*started, id))
+                .collect();
+            listed.sort();
+            listed.into_iter().map(|(_, id)| id.clone()).collect()
+        } else {
+            call_ids
+                .iter()
+                .filter(|id| !state.deleted.contains(*id))
+                .filter(|id| match endpoint {
+                    Endpoint::Extensive => true,
+                    Endpoint::Transcript => !state.private.contains(*id),
+                })
+                .filter(|id| {
+                    (from.is_none() && to.is_none())
+                        || in_range(
+                            state
+                                .history
+                                .get(*id)
+                                .copied()
+                                .unwrap_or_else(|| facts(id, None).started.with_timezone(&Utc)),
+                        )
+                })
+                .cloned()
+                .collect()
+        };
         let private: HashSet<String> = matching
             .iter()
             .filter(|id| state.private.contains(*id))
@@ -547,9 +674,32 @@ fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) ->
             .iter()
             .filter_map(|id| state.padded.get(id).map(|bytes| (id.clone(), *bytes)))
             .collect();
-        (matching, private, padded)
+        let history: HashMap<String, DateTime<Utc>> = matching
+            .iter()
+            .filter_map(|id| state.history.get(id).map(|started| (id.clone(), *started)))
+            .collect();
+        let not_ready: HashSet<String> = matching
+            .iter()
+            .filter(|id| {
+                state
+                    .transcript_ready
+                    .get(*id)
+                    .is_some_and(|ready| ready.is_none_or(|at| now < at))
+            })
+            .cloned()
+            .collect();
+        (matching, private, padded, history, not_ready)
     };
-    let fingerprint = fingerprint(&call_ids);
+    let fingerprint = if listing {
+        let bound = |side: &Option<(String, DateTime<Utc>)>| {
+            side.as_ref()
+                .map(|(text, _)| text.clone())
+                .unwrap_or_default()
+        };
+        fingerprint(&[bound(&from), bound(&to)])
+    } else {
+        fingerprint(&call_ids)
+    };
     let offset = match request.get("cursor") {
         None | Some(Value::Null) => 0,
         Some(Value::String(cursor)) => match decode_cursor(cursor, fingerprint) {
@@ -570,11 +720,24 @@ fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) ->
             )
         }
     };
+    let page_size = shared.page_size;
+    let page: Vec<&String> = matching.iter().skip(offset).take(page_size).collect();
+    if listing {
+        let text = |side: &Option<(String, DateTime<Utc>)>| {
+            side.as_ref()
+                .map(|(text, _)| text.clone())
+                .unwrap_or_default()
+        };
+        shared.state().stats.listed_pages.push(ListedPage {
+            from: text(&from),
+            to: text(&to),
+            offset,
+            calls: page.len(),
+        });
+    }
     if matching.is_empty() {
         return error_response(StatusCode::NOT_FOUND, request_id, NO_CALLS_FOUND);
     }
-    let page_size = shared.page_size;
-    let page: Vec<&String> = matching.iter().skip(offset).take(page_size).collect();
     let next = offset + page.len();
     let mut records = json!({
         "totalRecords": matching.len(),
@@ -592,14 +755,26 @@ fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) ->
                 .unwrap_or(Value::Null);
             let calls: Vec<Value> = page
                 .iter()
-                .map(|id| call_json(id, private.contains(*id), &selector))
+                .map(|id| {
+                    call_json_started(
+                        id,
+                        private.contains(*id),
+                        &selector,
+                        history.get(*id).copied(),
+                    )
+                })
                 .collect();
             json!({"requestId": request_id, "records": records, "calls": calls})
         }
         Endpoint::Transcript => {
+            let mut empty = 0u64;
             let transcripts: Vec<Value> = page
                 .iter()
                 .map(|id| {
+                    if not_ready.contains(*id) {
+                        empty += 1;
+                        return json!({"callId": id, "transcript": []});
+                    }
                     let mut transcript = transcript_json(id);
                     if let (Some(bytes), Some(monologues)) =
                         (padded.get(*id), transcript["transcript"].as_array_mut())
@@ -614,6 +789,7 @@ fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) ->
                     transcript
                 })
                 .collect();
+            shared.state().stats.empty_transcripts_served += empty;
             json!({"requestId": request_id, "records": records, "callTranscripts": transcripts})
         }
     };
@@ -809,15 +985,17 @@ struct Facts {
     rng: Rng,
 }
 
-fn facts(call_id: &str) -> Facts {
+/// The call's generated facts; `started` (from the history) replaces the generated start.
+fn facts(call_id: &str, started: Option<DateTime<Utc>>) -> Facts {
     let mut rng = Rng::for_call(call_id);
     let base = Utc
         .with_ymd_and_hms(2024, 1, 1, 8, 0, 0)
         .single()
         .unwrap_or_default();
-    let started_utc = base
+    let generated = base
         + chrono::Duration::seconds(rng.below(365 * 24 * 3600) as i64)
         + chrono::Duration::microseconds(rng.below(1_000_000) as i64);
+    let started_utc = started.unwrap_or(generated);
     let offset_minutes = *rng.pick(OFFSETS_MINUTES);
     let offset = FixedOffset::east_opt(offset_minutes * 60)
         .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset is valid"));
@@ -847,7 +1025,17 @@ fn flag(selector: &Value, pointer: &str) -> bool {
 /// The call object `POST /v2/calls/extensive` returns for `call_id` under `content_selector`
 /// (deterministic: the same id always gives the same call).
 pub fn call_json(call_id: &str, is_private: bool, content_selector: &Value) -> Value {
-    let mut facts = facts(call_id);
+    call_json_started(call_id, is_private, content_selector, None)
+}
+
+/// As [`call_json`], with `metaData.started` at `started` when given (a call of the history).
+pub fn call_json_started(
+    call_id: &str,
+    is_private: bool,
+    content_selector: &Value,
+    started: Option<DateTime<Utc>>,
+) -> Value {
+    let mut facts = facts(call_id, started);
     let rng = &mut facts.rng;
     let host = &facts.people[0];
     let scheduled = facts.started - chrono::Duration::seconds(rng.below(300) as i64);
@@ -1062,7 +1250,7 @@ pub fn call_json(call_id: &str, is_private: bool, content_selector: &Value) -> V
 /// The `callTranscripts[]` item `POST /v2/calls/transcript` returns for `call_id`
 /// (deterministic; speaker ids join the call's `parties[].speakerId`).
 pub fn transcript_json(call_id: &str) -> Value {
-    let mut facts = facts(call_id);
+    let mut facts = facts(call_id, None);
     let rng = &mut facts.rng;
     let monologues = 4 + rng.below(5);
     let mut clock_ms: u64 = rng.below(3000);
@@ -1241,6 +1429,99 @@ mod tests {
         assert_eq!(double.stats().faults_served, 1);
         assert_eq!(double.stats().call_ids_per_request, vec![150, 150, 1]);
         assert_eq!(double.stats().requests_to(TRANSCRIPT_PATH), 3);
+    }
+
+    #[tokio::test]
+    async fn lists_the_history_by_start_time_with_a_body_cursor() {
+        let double = GongDouble::start(GongDoubleConfig {
+            rate_per_second: 100,
+            page_size: 2,
+            ..GongDoubleConfig::default()
+        })
+        .await
+        .unwrap();
+        let base = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
+        double
+            .add_calls((0..5).map(|n| (format!("{}", 900 + n), base + chrono::Duration::hours(n))));
+        double.delete_call("903");
+        let filter = |from: &str, to: &str| json!({"filter": {"fromDateTime": from, "toDateTime": to}, "contentSelector": {"context": "None"}});
+        // [01:00, 04:00): 901, 902 (903 deleted); 904 starts at 04:00, outside (to is exclusive).
+        let mut body = filter("2025-03-01T01:00:00Z", "2025-03-01T04:00:00+00:00");
+        let (status, _, first) = post(&double, EXTENSIVE_PATH, body.clone(), true).await;
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(first["records"]["totalRecords"], 2);
+        let ids: Vec<&str> = first["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|call| call["metaData"]["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["901", "902"]);
+        assert!(first["records"].get("cursor").is_none());
+        let started = first["calls"][0]["metaData"]["started"].as_str().unwrap();
+        assert_eq!(
+            DateTime::parse_from_rfc3339(started).unwrap(),
+            base + chrono::Duration::hours(1)
+        );
+        // The whole history pages by 2, the cursor in the body.
+        body = filter("2025-03-01T00:00:00Z", "2025-03-02T00:00:00Z");
+        let (_, _, page) = post(&double, EXTENSIVE_PATH, body.clone(), true).await;
+        assert_eq!(page["calls"].as_array().unwrap().len(), 2);
+        body["cursor"] = page["records"]["cursor"].clone();
+        let (_, _, page) = post(&double, EXTENSIVE_PATH, body.clone(), true).await;
+        assert_eq!(page["calls"][0]["metaData"]["id"], "902");
+        // A cursor of another window is refused.
+        let mut other = filter("2025-02-01T00:00:00Z", "2025-03-02T00:00:00Z");
+        other["cursor"] = body["cursor"].clone();
+        let (status, _, _) = post(&double, EXTENSIVE_PATH, other, true).await;
+        assert_eq!(status, 400);
+        // An empty window is 404, as Gong answers.
+        let (status, _, empty) = post(
+            &double,
+            EXTENSIVE_PATH,
+            filter("2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z"),
+            true,
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert_eq!(empty["errors"][0], NO_CALLS_FOUND);
+        let stats = double.stats();
+        // The refused cursor served no page.
+        assert_eq!(stats.list_requests(), 4);
+        assert_eq!(stats.listed_pages[2].offset, 2);
+        assert_eq!(stats.listed_pages[3].calls, 0);
+    }
+
+    #[tokio::test]
+    async fn a_late_transcript_is_empty_until_its_moment() {
+        let double = GongDouble::start(GongDoubleConfig {
+            rate_per_second: 100,
+            ..GongDoubleConfig::default()
+        })
+        .await
+        .unwrap();
+        double.hold_transcript("11");
+        double.delay_transcript("12", Duration::ZERO);
+        let body = json!({"filter": {"callIds": ["11", "12"]}});
+        let (status, _, answer) = post(&double, TRANSCRIPT_PATH, body.clone(), true).await;
+        assert_eq!(status, 200);
+        let by_id = |answer: &Value, id: &str| {
+            answer["callTranscripts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|item| item["callId"] == id)
+                .unwrap()["transcript"]
+                .as_array()
+                .unwrap()
+                .len()
+        };
+        assert_eq!(by_id(&answer, "11"), 0, "held: empty");
+        assert!(by_id(&answer, "12") > 0, "its moment has come");
+        double.release_transcript("11");
+        let (_, _, answer) = post(&double, TRANSCRIPT_PATH, body, true).await;
+        assert!(by_id(&answer, "11") > 0);
+        assert_eq!(double.stats().empty_transcripts_served, 1);
     }
 
     #[test]

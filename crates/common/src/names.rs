@@ -85,6 +85,10 @@ pub const BUCKET_LEASE_PREFIX: &str = "gong_lease_";
 pub const LEASE_LOAD: &str = "load";
 /// KV bucket where the loader records the sequence range of a batch before writing it.
 pub const BUCKET_LOAD_RANGES: &str = "gong_load_ranges";
+/// KV bucket of the staged files Snowpipe is told about (Snowpipe REST mode only), keyed by
+/// file path: written before the file's messages are acknowledged, then updated by the notifier
+/// (notified, loaded, failed...). See gong-load's `ledger.rs`.
+pub const BUCKET_LOAD_FILES: &str = "gong_load_files";
 /// KV bucket of the calls that have reached `GONG_RAW`, keyed by call id: written by gong-enrich
 /// when it takes a raw event of the call and by the sweep when it injects one. The sweep skips
 /// the calls it finds here.

@@ -93,9 +93,12 @@ pub const BUCKET_LOAD_FILES: &str = "gong_load_files";
 /// when it takes a raw event of the call and by the sweep when it injects one. The sweep skips
 /// the calls it finds here.
 pub const BUCKET_CALLS_SEEN: &str = "gong_calls_seen";
-/// Single-key bucket (a `Register`) holding the sweep's checkpoint: its windows, the page
-/// cursor, its counts and the time of the last successful sweep.
-pub const BUCKET_SWEEP: &str = "gong_sweep";
+/// Single-key bucket (a `Register`) holding the checkpoint of the `gong-enrich sweep` command:
+/// its windows, the page cursor, its counts.
+pub const BUCKET_SWEEP_COMMAND: &str = "gong_sweep_command";
+/// Single-key bucket (a `Register`) holding the continuous sweep's checkpoint and the time of
+/// its last success.
+pub const BUCKET_SWEEP_CONTINUOUS: &str = "gong_sweep_continuous";
 /// KV bucket of the calls whose transcript Gong did not have yet, keyed by call id: what to
 /// recheck and when.
 pub const BUCKET_TRANSCRIPT_RECHECKS: &str = "gong_transcript_rechecks";

@@ -61,6 +61,23 @@ pub struct QuotaConfig {
     pub max_hold: Duration,
 }
 
+/// The reconciliation sweep ([`crate::sweep`]).
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    /// `ENRICH_SWEEP_INTERVAL` (default `1h`; `0` turns the continuous sweep off): how often the
+    /// deployment (one replica at a time) sweeps the lookback window.
+    pub interval: Duration,
+    /// `ENRICH_SWEEP_LOOKBACK` (default `72h`): the window the continuous sweep lists, ending now.
+    pub lookback: Duration,
+    /// `ENRICH_SWEEP_LEASE_TTL` (default `30s`, at least `1s`): the sweep lease's time to live;
+    /// a sweep whose process died is taken over (and resumed) after it.
+    pub lease_ttl: Duration,
+    /// `ENRICH_SWEEP_MAX_BACKLOG` (default `ENRICH_BATCH_SIZE`): the sweep lists its next page
+    /// only while fewer raw events than this wait for the `enrich` consumer, so webhooks queue
+    /// behind at most about one batch of swept calls.
+    pub max_backlog: u64,
+}
+
 /// Everything gong-enrich needs. `Debug` never prints the access key or its secret.
 #[derive(Debug, Clone)]
 pub struct EnrichConfig {
@@ -102,6 +119,11 @@ pub struct EnrichConfig {
     /// `ENRICH_SHUTDOWN_GRACE` (default `25s`): time the batch in hand gets to finish on shutdown;
     /// what is left is handed back to JetStream at once.
     pub shutdown_grace: Duration,
+    /// The reconciliation sweep.
+    pub sweep: SweepConfig,
+    /// `ENRICH_TRANSCRIPT_RECHECK` (default `1h,6h,24h`; `off` for none): when a public call's
+    /// transcript was not ready, how long after its first enrichment to ask again (increasing).
+    pub transcript_recheck: Vec<Duration>,
 }
 
 /// The default `contentSelector`.
@@ -294,6 +316,30 @@ impl EnrichConfig {
                 "must be a percentage such as 5% or a number of requests below GONG_DAILY_QUOTA",
             )
         })?;
+        let sweep = SweepConfig {
+            interval: env.duration_or("ENRICH_SWEEP_INTERVAL", Duration::from_secs(3600))?,
+            lookback: positive_duration(
+                env,
+                "ENRICH_SWEEP_LOOKBACK",
+                Duration::from_secs(72 * 3600),
+            )?,
+            lease_ttl: env.duration_or("ENRICH_SWEEP_LEASE_TTL", Duration::from_secs(30))?,
+            max_backlog: env.positive_or("ENRICH_SWEEP_MAX_BACKLOG", batch_size as u64)?,
+        };
+        if sweep.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "ENRICH_SWEEP_LEASE_TTL",
+                "must be at least 1s",
+            ));
+        }
+        let transcript_recheck =
+            parse_rechecks(env.get("ENRICH_TRANSCRIPT_RECHECK").unwrap_or("1h,6h,24h"))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "ENRICH_TRANSCRIPT_RECHECK",
+                        "must be increasing durations such as 1h,6h,24h, or off",
+                    )
+                })?;
         let malformed_retries: i64 = env.parse_or("ENRICH_MALFORMED_RETRIES", 3)?;
         if malformed_retries < 0 {
             return Err(ConfigError::new(
@@ -325,8 +371,27 @@ impl EnrichConfig {
             )?,
             max_ack_inflight: env.positive_or("ENRICH_MAX_ACK_INFLIGHT", 1024)?,
             shutdown_grace: env.duration_or("ENRICH_SHUTDOWN_GRACE", Duration::from_secs(25))?,
+            sweep,
+            transcript_recheck,
         })
     }
+}
+
+/// `1h,6h,24h`: increasing positive durations; `off`, `0` or empty: none.
+fn parse_rechecks(raw: &str) -> Option<Vec<Duration>> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw == "0" || raw.eq_ignore_ascii_case("off") {
+        return Some(Vec::new());
+    }
+    let mut delays: Vec<Duration> = Vec::new();
+    for item in gong_common::config::split_list(raw) {
+        let delay = humantime::parse_duration(&item).ok()?;
+        if delay.is_zero() || delays.last().is_some_and(|last| *last >= delay) {
+            return None;
+        }
+        delays.push(delay);
+    }
+    Some(delays)
 }
 
 fn positive_duration(env: &Env, var: &str, default: Duration) -> Result<Duration, ConfigError> {
@@ -388,6 +453,13 @@ mod tests {
         assert_eq!(config.max_deliver, -1);
         assert_eq!(config.max_ack_pending, 1000);
         assert_eq!(config.malformed_retries, 3);
+        assert_eq!(config.sweep.interval, Duration::from_secs(3600));
+        assert_eq!(config.sweep.lookback, Duration::from_secs(72 * 3600));
+        assert_eq!(config.sweep.max_backlog, 100);
+        assert_eq!(
+            config.transcript_recheck,
+            [1, 6, 24].map(|hours| Duration::from_secs(hours * 3600))
+        );
         assert_eq!(
             config.gong.content_selector["exposedFields"]["content"]["keyPoints"],
             true
@@ -424,6 +496,12 @@ mod tests {
             ("ENRICH_BATCH_LINGER_MAX", "500ms"),
             ("ENRICH_PACE_SLACK", "100%"),
             ("ENRICH_RATE_LIMIT_MARGIN", "5ms"),
+            ("ENRICH_SWEEP_INTERVAL", "hourly"),
+            ("ENRICH_SWEEP_LOOKBACK", "0"),
+            ("ENRICH_SWEEP_LEASE_TTL", "100ms"),
+            ("ENRICH_SWEEP_MAX_BACKLOG", "0"),
+            ("ENRICH_TRANSCRIPT_RECHECK", "6h,1h"),
+            ("ENRICH_TRANSCRIPT_RECHECK", "1h,x"),
         ] {
             let err = EnrichConfig::from_env(&env(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{value}");
@@ -442,6 +520,21 @@ mod tests {
         .unwrap();
         assert_eq!(off.batch_linger_max, off.batch_linger);
         assert_eq!(off.pace_slack, 0);
+    }
+
+    #[test]
+    fn sweep_and_rechecks_can_be_turned_off() {
+        let config = EnrichConfig::from_env(&env(&[
+            ("ENRICH_SWEEP_INTERVAL", "0"),
+            ("ENRICH_TRANSCRIPT_RECHECK", "off"),
+        ]))
+        .unwrap();
+        assert!(config.sweep.interval.is_zero());
+        assert!(config.transcript_recheck.is_empty());
+        assert_eq!(
+            parse_rechecks("30m, 2h"),
+            Some(vec![Duration::from_secs(1800), Duration::from_secs(7200)])
+        );
     }
 
     #[test]

@@ -63,6 +63,37 @@ pub enum EnrichError {
     /// Shutdown was requested while streams, buckets or the consumer were being provisioned.
     #[error("shutdown requested while provisioning")]
     Interrupted,
+    /// Gong's listing failed during a sweep, after the in-process retries (the sweep's
+    /// checkpoint keeps its place: run it again to resume).
+    #[error("sweep: cannot list calls: {0}")]
+    List(#[source] GongError),
+    /// A swept call could not be published to `GONG_RAW`.
+    #[error("sweep: cannot inject call {call_id}: {source}")]
+    Inject {
+        /// Gong call id.
+        call_id: String,
+        /// Cause.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The index of calls seen (`gong_calls_seen`) could not be read.
+    #[error("sweep: cannot read the index of calls seen: {0}")]
+    SeenIndex(#[source] async_nats::Error),
+    /// The sweep's checkpoint (`gong_sweep`) could not be read or written.
+    #[error("sweep: checkpoint: {0}")]
+    Checkpoint(#[source] gong_common::register::RegisterError),
+    /// Another process took the sweep lease (or wrote the checkpoint) while this one swept: it
+    /// goes on from the checkpoint; this one stops.
+    #[error("sweep: another process took the sweep over")]
+    SweepTakenOver,
+    /// `--since` is not before `--until`.
+    #[error("sweep: the window is empty ({since} is not before {until})")]
+    EmptyWindow {
+        /// Start.
+        since: chrono::DateTime<chrono::Utc>,
+        /// End.
+        until: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl gong_common::streams::Retryable for EnrichError {
@@ -153,17 +184,19 @@ pub enum QuotaError {
 /// The JSON endpoint that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `POST /v2/calls/extensive`.
+    /// `POST /v2/calls/extensive` for call ids.
     Extensive,
     /// `POST /v2/calls/transcript`.
     Transcript,
+    /// `POST /v2/calls/extensive` listing a date range (the sweep).
+    List,
 }
 
 impl Endpoint {
     /// The path below the base URL.
     pub fn path(self) -> &'static str {
         match self {
-            Endpoint::Extensive => "/v2/calls/extensive",
+            Endpoint::Extensive | Endpoint::List => "/v2/calls/extensive",
             Endpoint::Transcript => "/v2/calls/transcript",
         }
     }
@@ -173,6 +206,7 @@ impl Endpoint {
         match self {
             Endpoint::Extensive => "extensive",
             Endpoint::Transcript => "transcript",
+            Endpoint::List => "list",
         }
     }
 }

@@ -1,7 +1,12 @@
 //! Gong's REST API, batched: one `POST /v2/calls/extensive` for many call ids and one
-//! `POST /v2/calls/transcript` for the non-private ones, each following `records.cursor` (sent
-//! in the JSON body) until it is absent. Every request first takes a slot from the shared
-//! [`RateLimiter`]; a 429 records Gong's `Retry-After` there so every replica pauses.
+//! `POST /v2/calls/transcript` for the non-private ones, each following `records.cursor` (sent in the JSON body) until it is absent. Every request
+//! first takes a slot from the shared [`RateLimiter`]; a 429 records Gong's `Retry-After` there
+//! so every replica pauses.
+//!
+//! The sweep lists calls by date with [`GongApi::list_page`]: `POST /v2/calls/extensive` with
+//! `filter{fromDateTime, toDateTime}` and no call ids, one page (100 calls, full extensive data
+//! under the configured `contentSelector`) per request; 404 is an empty window. Calls the
+//! listing already returned are not fetched again ([`GongApi::fetch_batch_with`]).
 //!
 //! Answers map back per call: a call absent from the answer (deleted) is simply missing from
 //! [`BatchAnswer::calls`]; a call whose JSON does not fit Gong's documented shape is listed in
@@ -23,6 +28,9 @@ use crate::rate_limit::{Priority, RateLimiter};
 
 /// Upper bound on pages followed for one request (a cursor loop is a malformed answer).
 const MAX_PAGES: usize = 1000;
+
+/// Records per page Gong answers; transcript rechecks ask about this many calls at once.
+pub const IDS_PER_REQUEST: usize = 100;
 
 /// A call to enrich: its id and whether the webhook said it was private.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +82,36 @@ struct ErrorBody {
 struct Page {
     items: Vec<Value>,
     cursor: Option<String>,
+    total: Option<u64>,
+}
+
+/// Which calls a request is about.
+#[derive(Debug, Clone, Copy)]
+enum Filter<'a> {
+    /// These call ids.
+    Ids(&'a [String]),
+    /// Every call started in `[from, to)`.
+    Window(DateTime<Utc>, DateTime<Utc>),
+}
+
+/// One page of a listing by date.
+#[derive(Debug, Clone, Default)]
+pub struct ListedPage {
+    /// The calls as Gong sent them (full extensive data; unknown fields kept).
+    pub calls: Vec<Value>,
+    /// The next page's cursor; `None` on the last page.
+    pub cursor: Option<String>,
+    /// `records.totalRecords`: calls in the whole window, when Gong says.
+    pub total: Option<u64>,
+}
+
+/// Transcripts of a set of calls.
+#[derive(Debug, Clone, Default)]
+pub struct TranscriptAnswer {
+    /// Non-empty transcripts by call id (a call absent here has none yet).
+    pub transcripts: HashMap<String, Vec<Monologue>>,
+    /// Calls whose transcript JSON could not be understood, with why.
+    pub malformed: HashMap<String, String>,
 }
 
 impl GongApi {
@@ -106,6 +144,18 @@ impl GongApi {
         requests: &[CallRequest],
         priority: Priority,
     ) -> Result<BatchAnswer, GongError> {
+        self.fetch_batch_with(requests, &HashMap::new(), priority)
+            .await
+    }
+
+    /// As [`GongApi::fetch_batch`], but the calls in `known` (by id: what the sweep's listing
+    /// returned) are taken as they are, not fetched again: only their transcripts are asked for.
+    pub async fn fetch_batch_with(
+        &self,
+        requests: &[CallRequest],
+        known: &HashMap<String, Call>,
+        priority: Priority,
+    ) -> Result<BatchAnswer, GongError> {
         let mut seen = HashSet::new();
         let ids: Vec<String> = requests
             .iter()
@@ -119,11 +169,26 @@ impl GongApi {
         if ids.is_empty() {
             return Ok(answer);
         }
-        let items = self
-            .with_retries(|| self.all_pages(Endpoint::Extensive, &ids, priority))
-            .await?;
+        let to_fetch: Vec<String> = ids
+            .iter()
+            .filter(|id| !known.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &ids {
+            if let Some(call) = known.get(id) {
+                answer.calls.insert(id.clone(), call.clone());
+            }
+        }
+        let items = if to_fetch.is_empty() {
+            Vec::new()
+        } else {
+            self.with_retries(|| {
+                self.all_pages(Endpoint::Extensive, Filter::Ids(&to_fetch), priority)
+            })
+            .await?
+        };
         answer.fetched_at = Utc::now();
-        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let wanted: HashSet<&str> = to_fetch.iter().map(String::as_str).collect();
         for item in items {
             let id = item_id(&item, "/metaData/id");
             match serde_json::from_value::<Call>(item) {
@@ -169,10 +234,24 @@ impl GongApi {
         if transcript_ids.is_empty() {
             return Ok(answer);
         }
+        let transcripts = self.fetch_transcripts(&transcript_ids, priority).await?;
+        answer.transcripts = transcripts.transcripts;
+        answer.malformed.extend(transcripts.malformed);
+        Ok(answer)
+    }
+
+    /// Fetches the transcripts of `ids` (Gong answers [`IDS_PER_REQUEST`] per page). A call Gong
+    /// answers with an empty transcript, or not at all, has none yet.
+    pub async fn fetch_transcripts(
+        &self,
+        ids: &[String],
+        priority: Priority,
+    ) -> Result<TranscriptAnswer, GongError> {
+        let mut answer = TranscriptAnswer::default();
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let items = self
-            .with_retries(|| self.all_pages(Endpoint::Transcript, &transcript_ids, priority))
+            .with_retries(|| self.all_pages(Endpoint::Transcript, Filter::Ids(ids), priority))
             .await?;
-        let wanted: HashSet<&str> = transcript_ids.iter().map(String::as_str).collect();
         for item in items {
             let id = item_id(&item, "/callId");
             match serde_json::from_value::<CallTranscript>(item) {
@@ -198,7 +277,30 @@ impl GongApi {
                 },
             }
         }
+        answer
+            .transcripts
+            .retain(|_, monologues| !monologues.is_empty());
         Ok(answer)
+    }
+
+    /// One page of the calls started in `[from, to)` (`cursor`: the previous page's), with the
+    /// configured `contentSelector`, retried in process like every request. Takes one slot of
+    /// the shared quota at `priority`. 404 is an empty window.
+    pub async fn list_page(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cursor: Option<&str>,
+        priority: Priority,
+    ) -> Result<ListedPage, GongError> {
+        let page = self
+            .with_retries(|| self.page(Endpoint::List, Filter::Window(from, to), cursor, priority))
+            .await?;
+        Ok(ListedPage {
+            calls: page.items,
+            cursor: page.cursor,
+            total: page.total,
+        })
     }
 
     async fn with_retries<F, Fut, T>(&self, mut attempt: F) -> Result<T, GongError>
@@ -233,7 +335,7 @@ impl GongApi {
     async fn all_pages(
         &self,
         endpoint: Endpoint,
-        ids: &[String],
+        filter: Filter<'_>,
         priority: Priority,
     ) -> Result<Vec<Value>, GongError> {
         let mut items = Vec::new();
@@ -241,7 +343,7 @@ impl GongApi {
         let mut seen_cursors = HashSet::new();
         for _ in 0..MAX_PAGES {
             let page = self
-                .page(endpoint, ids, cursor.as_deref(), priority)
+                .page(endpoint, filter, cursor.as_deref(), priority)
                 .await?;
             items.extend(page.items);
             match page.cursor {
@@ -266,19 +368,30 @@ impl GongApi {
     async fn page(
         &self,
         endpoint: Endpoint,
-        ids: &[String],
+        filter: Filter<'_>,
         cursor: Option<&str>,
         priority: Priority,
     ) -> Result<Page, GongError> {
-        let mut body = serde_json::json!({"filter": {"callIds": ids}});
-        if let Endpoint::Extensive = endpoint {
+        let (mut body, ids) = match filter {
+            Filter::Ids(ids) => (serde_json::json!({"filter": {"callIds": ids}}), ids.len()),
+            Filter::Window(from, to) => (
+                serde_json::json!({"filter": {
+                    "fromDateTime": from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "toDateTime": to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                }}),
+                0,
+            ),
+        };
+        if let Endpoint::Extensive | Endpoint::List = endpoint {
             body["contentSelector"] = self.config.content_selector.clone();
         }
         if let Some(cursor) = cursor {
             body["cursor"] = Value::String(cursor.to_string());
         }
         self.limiter.acquire(priority).await?;
-        metrics::calls_per_request(ids.len());
+        if ids > 0 {
+            metrics::calls_per_request(ids);
+        }
         let url = format!("{}{}", self.config.base_url, endpoint.path());
         let started = Instant::now();
         let sent = self
@@ -321,7 +434,7 @@ impl GongApi {
         tracing::debug!(
             endpoint = endpoint.label(),
             status = status.as_u16(),
-            call_ids = ids.len(),
+            call_ids = ids,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "gong answered"
         );
@@ -330,6 +443,7 @@ impl GongApi {
             404 => Ok(Page {
                 items: Vec::new(),
                 cursor: None,
+                total: Some(0),
             }),
             401 | 403 => Err(GongError::Auth {
                 endpoint,
@@ -375,7 +489,7 @@ fn parse_page(endpoint: Endpoint, bytes: &[u8]) -> Result<Page, GongError> {
         detail: format!("not the documented JSON envelope: {err}"),
     })?;
     let items = match endpoint {
-        Endpoint::Extensive => envelope.calls,
+        Endpoint::Extensive | Endpoint::List => envelope.calls,
         Endpoint::Transcript => envelope.call_transcripts,
     };
     let Some(items) = items else {
@@ -384,11 +498,19 @@ fn parse_page(endpoint: Endpoint, bytes: &[u8]) -> Result<Page, GongError> {
             detail: "the answer has no items array".to_string(),
         });
     };
+    let total = envelope
+        .records
+        .as_ref()
+        .and_then(|records| u64::try_from(records.total_records).ok());
     let cursor = envelope
         .records
         .and_then(|records| records.cursor)
         .filter(|cursor| !cursor.is_empty());
-    Ok(Page { items, cursor })
+    Ok(Page {
+        items,
+        cursor,
+        total,
+    })
 }
 
 fn item_id(item: &Value, pointer: &str) -> Option<String> {

@@ -14,6 +14,10 @@
 //! - `gong_api.rs`: batched, paged calls to Gong's REST API.
 //! - `rate_limit.rs`: the shared quota in the `gong_quota` KV bucket.
 //! - `replay.rs`: `gong-enrich replay`.
+//! - `sweep.rs`: the reconciliation sweep (`gong-enrich sweep` and the continuous mode): lists
+//!   Gong's calls by date and injects those that never reached `GONG_RAW`.
+//! - `seen.rs`: the index of calls seen (`gong_calls_seen`) the sweep checks.
+//! - `rechecks.rs`: late transcripts, rechecked on `ENRICH_TRANSCRIPT_RECHECK`.
 //! - `metrics.rs`: `gong_enrich_*` metrics.
 //!
 //! **Invariant**: a raw event is acked only after its enriched event (or its dead letter) is
@@ -26,12 +30,16 @@ pub mod metrics;
 pub mod pacing;
 pub mod pipeline;
 pub mod rate_limit;
+pub mod rechecks;
 pub mod replay;
+pub mod seen;
+pub mod sweep;
 mod worker;
 
 use std::net::SocketAddr;
 
 use gong_common::admin::{self, Readiness};
+use gong_common::lease::Lease;
 use gong_common::names;
 use gong_common::streams::{ensure_streams, provision_with_retry, StreamKind};
 use tokio::task::JoinHandle;
@@ -41,6 +49,7 @@ pub use config::EnrichConfig;
 pub use error::EnrichError;
 pub use rate_limit::{Priority, RateLimiter};
 pub use replay::{replay, ProgressMode, ReplayOptions, ReplayStart, ReplaySummary};
+pub use sweep::{sweep, SweepOptions, SweepSummary};
 
 /// A started gong-enrich.
 pub struct Running {
@@ -88,8 +97,9 @@ pub async fn start(
     readiness.set_jetstream(jetstream.clone());
     // A cluster still forming answers timeouts or "no stream found" for a while: retry
     // (unready, saying why) rather than exit and be restarted with growing back-off.
+    let owner = format!("enrich-{}", uuid::Uuid::now_v7());
     let provisioned = provision_with_retry(
-        "streams, quota bucket, consumer",
+        "streams, buckets, leases, consumer",
         &readiness,
         &shutdown,
         || async {
@@ -101,12 +111,44 @@ pub async fn start(
             .await?;
             let limiter =
                 RateLimiter::open(&jetstream, config.quota.clone(), &config.common.streams).await?;
+            let seen = seen::SeenIndex::open(&jetstream, &config.common.streams).await?;
+            let rechecks = rechecks::Rechecks::open(
+                &jetstream,
+                &config.common.streams,
+                config.transcript_recheck.clone(),
+            )
+            .await?;
+            let settings = &config.common.streams;
+            let sweep = if config.sweep.interval.is_zero() {
+                None
+            } else {
+                Some((
+                    sweep::Checkpoint::open(&jetstream, settings, sweep::SweepKind::Continuous)
+                        .await?,
+                    Lease::open(
+                        &jetstream,
+                        settings,
+                        names::LEASE_SWEEP,
+                        owner.clone(),
+                        config.sweep.lease_ttl,
+                    )
+                    .await?,
+                ))
+            };
+            let recheck_lease = Lease::open(
+                &jetstream,
+                settings,
+                names::LEASE_TRANSCRIPTS,
+                owner.clone(),
+                config.sweep.lease_ttl,
+            )
+            .await?;
             let consumer = worker::ensure_consumer(&jetstream, &config).await?;
-            Ok::<_, EnrichError>((limiter, consumer))
+            Ok::<_, EnrichError>((limiter, seen, rechecks, sweep, recheck_lease, consumer))
         },
     )
     .await?;
-    let Some((limiter, consumer)) = provisioned else {
+    let Some((limiter, seen, rechecks, sweep, recheck_lease, consumer)) = provisioned else {
         return Err(EnrichError::Interrupted);
     };
     // Publishes the quota gauges from the shared state before the first scrape (a spent or
@@ -115,6 +157,48 @@ pub async fn start(
     let api = gong_api::GongApi::new(config.gong.clone(), limiter)?;
     let info = consumer.cached_info();
     metrics::consumer_pending(info.num_pending, info.num_ack_pending);
+    // The sweep and recheck gauges, from the shared state, before the first scrape.
+    if let Some((checkpoint, _)) = &sweep {
+        if let Err(error) = sweep::publish_gauges(checkpoint).await {
+            tracing::warn!(%error, "cannot read the sweep checkpoint");
+        }
+    }
+    match rechecks.pending().await {
+        Ok(pending) => metrics::transcripts_pending(pending.len()),
+        Err(error) => {
+            metrics::transcripts_pending(0);
+            tracing::warn!(%error, "cannot count pending transcript rechecks");
+        }
+    }
+    let mut background = Vec::new();
+    if let Some((checkpoint, lease)) = sweep {
+        let continuous = sweep::Continuous {
+            sweeper: sweep::Sweeper {
+                jetstream: jetstream.clone(),
+                api: api.clone(),
+                seen: seen.clone(),
+                max_backlog: config.sweep.max_backlog,
+            },
+            checkpoint,
+            lease,
+            interval: config.sweep.interval,
+            lookback: config.sweep.lookback,
+            lease_ttl: config.sweep.lease_ttl,
+        };
+        background.push(tokio::spawn(sweep::continuous(
+            continuous,
+            shutdown.clone(),
+        )));
+    }
+    if rechecks.enabled() {
+        background.push(tokio::spawn(rechecks::run(
+            rechecks.clone(),
+            recheck_lease,
+            api.clone(),
+            jetstream.clone(),
+            shutdown.clone(),
+        )));
+    }
     readiness.set_started(true);
     let worker = worker::Worker {
         config,
@@ -122,8 +206,17 @@ pub async fn start(
         consumer,
         api,
         readiness: readiness.clone(),
+        seen,
+        rechecks,
     };
-    let task = tokio::spawn(worker::run(worker, shutdown));
+    let task = tokio::spawn(async move {
+        let outcome = worker::run(worker, shutdown).await;
+        // The sweep and the rechecks stop on the same shutdown (releasing their leases).
+        for task in background {
+            let _ = task.await;
+        }
+        outcome
+    });
     Ok(Running {
         admin_addr,
         readiness,

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use gong_common::{Env, EXIT_CONFIG, EXIT_RUNTIME};
-use gong_enrich::{EnrichConfig, ProgressMode, ReplayOptions, ReplayStart};
+use gong_enrich::{EnrichConfig, ProgressMode, ReplayOptions, ReplayStart, SweepOptions};
 
 /// Enriches raw Gong call webhooks (GONG_RAW, gong.raw.call) through Gong's REST API and
 /// publishes enriched call events (GONG_ENRICHED), batching call ids under one shared quota.
@@ -12,8 +12,9 @@ use gong_enrich::{EnrichConfig, ProgressMode, ReplayOptions, ReplayStart};
 /// GONG_API_BASE_URL, GONG_ACCESS_KEY, GONG_ACCESS_KEY_SECRET, GONG_RATE_LIMIT_PER_SECOND,
 /// GONG_DAILY_QUOTA, ENRICH_BATCH_SIZE, ENRICH_BATCH_LINGER, ENRICH_BATCH_LINGER_MAX,
 /// ENRICH_PACE_SLACK, ENRICH_ACK_WAIT, ENRICH_MAX_DELIVER, ENRICH_MAX_ACK_PENDING,
-/// ENRICH_MALFORMED_RETRIES, ENRICH_BACKFILL_DAILY_RESERVE, ENRICH_CONTENT_SELECTOR and the other
-/// ENRICH_* settings.
+/// ENRICH_MALFORMED_RETRIES, ENRICH_BACKFILL_DAILY_RESERVE, ENRICH_CONTENT_SELECTOR,
+/// ENRICH_SWEEP_INTERVAL, ENRICH_SWEEP_LOOKBACK, ENRICH_TRANSCRIPT_RECHECK and the other ENRICH_*
+/// settings.
 #[derive(Parser)]
 #[command(name = "gong-enrich", version)]
 struct Cli {
@@ -26,8 +27,40 @@ enum Command {
     /// Re-drive a range of GONG_RAW through enrichment (new event ids, Gong-Replay-Run header),
     /// under the shared quota with backfill priority; exits 0 when the range is done.
     Replay(ReplayArgs),
+    /// List Gong's calls started in a window and inject into GONG_RAW those that never reached
+    /// it (Gong-Source: sweep), under the shared quota with backfill priority, one sweep at a
+    /// time; resumes an unfinished sweep first. Last line: `sweep: listed N, present M,
+    /// injected K`.
+    Sweep(SweepArgs),
     /// Dead-letter tools: list, show, redrive, purge (uses NATS_URL).
     Dlq(gong_common::cli::DlqArgs),
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Calls started at or after this time: RFC 3339, or a duration before now (72h, 30d).
+    #[arg(long, value_name = "T", value_parser = parse_time_or_ago)]
+    since: DateTime<Utc>,
+    /// Calls started before this time (default now): RFC 3339, or a duration before now.
+    #[arg(long, value_name = "T", value_parser = parse_time_or_ago)]
+    until: Option<DateTime<Utc>>,
+    /// List and count (this spends listing requests); publish nothing, write no checkpoint.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// RFC 3339, or a duration before now (`72h`, `30d`).
+fn parse_time_or_ago(raw: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(raw).map_err(|_| {
+        format!("expected an RFC 3339 time such as 2024-05-01T00:00:00Z or a duration such as 72h or 30d: {raw}")
+    })?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|ago| Utc::now().checked_sub_signed(ago))
+        .ok_or_else(|| format!("{raw} before now is out of range"))
 }
 
 #[derive(Args)]
@@ -83,10 +116,11 @@ fn main() {
         }
     };
     let env = Env::from_process();
-    let replay = match cli.command {
+    let (replay, sweep) = match cli.command {
         Some(Command::Dlq(args)) => std::process::exit(gong_common::cli::dlq_main(&env, args)),
-        Some(Command::Replay(args)) => Some(args),
-        None => None,
+        Some(Command::Replay(args)) => (Some(args), None),
+        Some(Command::Sweep(args)) => (None, Some(args)),
+        None => (None, None),
     };
     let dry_run = replay.as_ref().is_some_and(|args| args.dry_run);
     let loaded = if dry_run {
@@ -111,6 +145,27 @@ fn main() {
     };
     let outcome = runtime.block_on(async {
         let shutdown = gong_common::shutdown::token_from_signals();
+        if let Some(args) = sweep {
+            let options = SweepOptions {
+                since: args.since,
+                until: args.until,
+                dry_run: args.dry_run,
+                progress: ProgressMode::Auto,
+            };
+            return gong_enrich::sweep(config, options, shutdown)
+                .await
+                .map(|summary| {
+                    if args.dry_run {
+                        println!("dry run: would inject {}", summary.would_inject);
+                    } else if summary.resumed {
+                        println!("resumed an unfinished sweep; the counts include its earlier pages");
+                    }
+                    println!(
+                        "sweep: listed {}, present {}, injected {}",
+                        summary.listed, summary.present, summary.injected
+                    );
+                });
+        }
         match replay {
             None => gong_enrich::run(config, shutdown).await,
             Some(args) => {

@@ -11,6 +11,17 @@
 //! - `gong_enrich_rate_limited_total`: 429s received from Gong.
 //! - `gong_enrich_events_total{outcome}`: raw events by outcome.
 //! - `gong_enrich_consumer_pending`, `gong_enrich_consumer_ack_pending`: from consumer info.
+//! - `gong_enrich_sweep_calls_total{result}`: calls the sweep `listed`, found `present` in the
+//!   index of calls seen, and `injected` into `GONG_RAW` (by this process).
+//! - `gong_enrich_sweep_last_calls{result}`: the same counts of the deployment's last completed
+//!   continuous sweep (read from its checkpoint, so every replica shows the same; 0 until one
+//!   completed).
+//! - `gong_enrich_sweep_last_success_timestamp_seconds`: NATS server time of the last completed
+//!   continuous sweep (before the first one: the time the continuous sweep was first set up), the
+//!   same on every replica. Absent when `ENRICH_SWEEP_INTERVAL` is 0.
+//! - `gong_enrich_transcripts_pending_recheck`: calls waiting for a late transcript.
+//! - `gong_enrich_transcript_rechecks_total{result}`: rechecks that `found` the transcript,
+//!   found it `not_yet` (another recheck follows), or gave up (`missing`, after the last one).
 //!
 //! `gong-enrich replay` runs as a command with no metrics endpoint: its counts are in its
 //! summary and logs, not here.
@@ -35,8 +46,14 @@ pub const EVENT_OUTCOMES: &[&str] = &[
 /// `timeout`...) appear when they first happen.
 pub const API_STATUSES: &[&str] = &["200", "401", "403"];
 
-/// `endpoint` values.
-pub const ENDPOINTS: &[&str] = &["extensive", "transcript"];
+/// `endpoint` values (`list`: the sweep's listing by date).
+pub const ENDPOINTS: &[&str] = &["extensive", "transcript", "list"];
+
+/// `result` values of `gong_enrich_sweep_calls_total` and `gong_enrich_sweep_last_calls`.
+pub const SWEEP_RESULTS: &[&str] = &["listed", "present", "injected"];
+
+/// `result` values of `gong_enrich_transcript_rechecks_total`.
+pub const RECHECK_RESULTS: &[&str] = &["found", "not_yet", "missing"];
 
 /// Registers every `gong_enrich_*` metric whose true starting value is known, at zero, so a
 /// fresh process exposes the whole contract (tests/deploy/expected_metrics.txt) and
@@ -58,6 +75,46 @@ pub fn register() {
     for outcome in EVENT_OUTCOMES {
         metrics::counter!("gong_enrich_events_total", "outcome" => *outcome).increment(0);
     }
+    for result in SWEEP_RESULTS {
+        metrics::counter!("gong_enrich_sweep_calls_total", "result" => *result).increment(0);
+    }
+    for result in RECHECK_RESULTS {
+        metrics::counter!("gong_enrich_transcript_rechecks_total", "result" => *result)
+            .increment(0);
+    }
+}
+
+/// One sweep page: calls listed, found present, injected.
+pub fn sweep_calls(listed: u64, present: u64, injected: u64) {
+    for (result, count) in [
+        ("listed", listed),
+        ("present", present),
+        ("injected", injected),
+    ] {
+        metrics::counter!("gong_enrich_sweep_calls_total", "result" => result).increment(count);
+    }
+}
+
+/// The deployment's last completed continuous sweep (server time, seconds) and its counts.
+pub fn sweep_last(success_seconds: f64, listed: u64, present: u64, injected: u64) {
+    metrics::gauge!("gong_enrich_sweep_last_success_timestamp_seconds").set(success_seconds);
+    for (result, count) in [
+        ("listed", listed),
+        ("present", present),
+        ("injected", injected),
+    ] {
+        metrics::gauge!("gong_enrich_sweep_last_calls", "result" => result).set(count as f64);
+    }
+}
+
+/// Calls waiting for a late transcript.
+pub fn transcripts_pending(count: usize) {
+    metrics::gauge!("gong_enrich_transcripts_pending_recheck").set(count as f64);
+}
+
+/// One transcript recheck: `found`, `not_yet` or `missing`.
+pub fn transcript_recheck(result: &'static str) {
+    metrics::counter!("gong_enrich_transcript_rechecks_total", "result" => result).increment(1);
 }
 
 /// One request to Gong answered with `status` (or failed: `timeout`, `error`).

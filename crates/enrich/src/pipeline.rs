@@ -32,6 +32,11 @@ pub struct RawEvent {
     pub delivered: i64,
     /// The call id, or why the body cannot be enriched.
     pub call: Result<CallRequest, Invalid>,
+    /// `Gong-Source`: `None` for a webhook, `sweep` for a call the sweep listed and injected.
+    pub source: Option<String>,
+    /// For a swept call: the call as the listing returned it (the extensive data, so live
+    /// enrichment asks Gong only for its transcript).
+    pub listed: Option<Box<Call>>,
 }
 
 /// Why a raw event can never be enriched.
@@ -64,18 +69,37 @@ impl RawEvent {
             .map(|time| time.with_timezone(&Utc))
             .or(published)
             .unwrap_or_else(Utc::now);
+        let source = header(headers::SOURCE);
+        let call = parse_call(&message.payload);
+        let listed = match (&source, &call) {
+            (Some(source), Ok(request)) if source == headers::SOURCE_SWEEP => {
+                serde_json::from_slice::<Webhook>(&message.payload)
+                    .ok()
+                    .map(|webhook| webhook.call_data)
+                    .filter(|listed| listed.id() == Some(request.call_id.as_str()))
+                    .map(Box::new)
+            }
+            _ => None,
+        };
         RawEvent {
             event_id,
             stream_seq,
             received_at,
             delivered,
-            call: parse_call(&message.payload),
+            call,
+            source,
+            listed,
         }
     }
 
     /// The call id, when the body has a valid one.
     pub fn call_id(&self) -> Option<&str> {
         self.call.as_ref().ok().map(|call| call.call_id.as_str())
+    }
+
+    /// True for a call the sweep injected.
+    pub fn is_swept(&self) -> bool {
+        self.source.as_deref() == Some(headers::SOURCE_SWEEP)
     }
 }
 
@@ -131,6 +155,8 @@ pub enum Verdict {
         transcript: Option<Vec<Monologue>>,
         /// When Gong answered.
         fetched_at: DateTime<Utc>,
+        /// A public call whose transcript Gong does not have (yet): worth a recheck.
+        transcript_pending: bool,
     },
     /// The body can never be enriched (dead-letter at once).
     Invalid(Invalid),
@@ -232,8 +258,15 @@ pub(crate) fn malformed_retry_after(config: &EnrichConfig, answers: i64) -> Opti
 }
 
 /// Asks Gong about every valid event of `events` in one batch and returns one verdict per
-/// event, in order.
-pub async fn enrich(api: &GongApi, events: &[RawEvent], priority: Priority) -> Vec<Verdict> {
+/// event, in order. With `use_listed`, the calls a sweep injected are taken from their body
+/// (the listing's extensive data) and only their transcripts are asked for; replays fetch
+/// everything afresh.
+pub async fn enrich(
+    api: &GongApi,
+    events: &[RawEvent],
+    priority: Priority,
+    use_listed: bool,
+) -> Vec<Verdict> {
     let mut seen = HashSet::new();
     let requests: Vec<CallRequest> = events
         .iter()
@@ -241,10 +274,21 @@ pub async fn enrich(api: &GongApi, events: &[RawEvent], priority: Priority) -> V
         .filter(|request| seen.insert(request.call_id.clone()))
         .cloned()
         .collect();
+    let known: HashMap<String, Call> = if use_listed {
+        events
+            .iter()
+            .filter_map(|event| {
+                let listed = event.listed.as_ref()?;
+                Some((event.call_id()?.to_string(), (**listed).clone()))
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let answer = if requests.is_empty() {
         Ok(BatchAnswer::default())
     } else {
-        api.fetch_batch(&requests, priority).await
+        api.fetch_batch_with(&requests, &known, priority).await
     };
     events
         .iter()
@@ -264,15 +308,23 @@ fn verdict_for(call_id: &str, answer: &BatchAnswer) -> Verdict {
     }
     match answer.calls.get(call_id) {
         None => Verdict::NotFound,
-        Some(call) => Verdict::Enriched {
-            transcript: if call.is_private() {
+        Some(call) => {
+            let transcript = if call.is_private() {
                 None
             } else {
-                answer.transcripts.get(call_id).cloned()
-            },
-            call: Box::new(call.clone()),
-            fetched_at: answer.fetched_at,
-        },
+                answer
+                    .transcripts
+                    .get(call_id)
+                    .filter(|monologues| !monologues.is_empty())
+                    .cloned()
+            };
+            Verdict::Enriched {
+                transcript_pending: !call.is_private() && transcript.is_none(),
+                transcript,
+                call: Box::new(call.clone()),
+                fetched_at: answer.fetched_at,
+            }
+        }
     }
 }
 
@@ -315,6 +367,16 @@ pub async fn publish_enriched(
     jetstream: &jetstream::Context,
     event: &EnrichedEvent,
 ) -> Result<PendingPublish, PublishError> {
+    publish_enriched_from(jetstream, event, None).await
+}
+
+/// As [`publish_enriched`], with a `Gong-Source` header when `source` is given (a transcript
+/// recheck's event).
+pub async fn publish_enriched_from(
+    jetstream: &jetstream::Context,
+    event: &EnrichedEvent,
+    source: Option<&str>,
+) -> Result<PendingPublish, PublishError> {
     let payload = Bytes::from(event.to_json());
     let size = payload.len();
     let mut message = PublishMessage::build()
@@ -328,6 +390,9 @@ pub async fn publish_enriched(
     }
     if let Some(run_id) = &event.replay_run_id {
         message = message.header(headers::REPLAY_RUN, run_id.as_str());
+    }
+    if let Some(source) = source {
+        message = message.header(headers::SOURCE, source);
     }
     let ack = jetstream
         .send_publish(names::SUBJECT_ENRICHED_CALL, message)
@@ -392,6 +457,8 @@ mod tests {
                 call_id: "1".into(),
                 webhook_private: false,
             }),
+            source: None,
+            listed: None,
         };
         let live = enriched_event(&raw, Call::default(), None, Utc::now(), None);
         assert_eq!(live.event_id, "abc");

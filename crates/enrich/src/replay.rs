@@ -244,7 +244,7 @@ async fn replay_batch(
     while !events.is_empty() {
         let verdicts = tokio::select! {
             _ = shutdown.cancelled() => return Err(EnrichError::Cancelled),
-            verdicts = pipeline::enrich(api, &events, Priority::Backfill) => verdicts,
+            verdicts = pipeline::enrich(api, &events, Priority::Backfill, false) => verdicts,
         };
         let mut retry = Vec::new();
         let mut wait = Duration::ZERO;
@@ -255,6 +255,7 @@ async fn replay_batch(
                     call,
                     transcript,
                     fetched_at,
+                    ..
                 } => {
                     let enriched =
                         pipeline::enriched_event(&event, *call, transcript, fetched_at, Some(run));

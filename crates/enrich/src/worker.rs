@@ -9,6 +9,13 @@
 //! The same quota read paces the batch linger ([`crate::pacing`]): while today's spend runs
 //! ahead of an even pace through the UTC day a pull waits up to `ENRICH_BATCH_LINGER_MAX` for
 //! its batch to fill, otherwise `ENRICH_BATCH_LINGER`.
+//!
+//! Every raw event taken is recorded in the index of calls seen ([`crate::seen`]) while Gong is
+//! asked about its batch, so the sweep does not inject it again. Calls the sweep injected carry
+//! the listing's extensive data: only their transcripts are asked for, and a batch holding
+//! nothing else asks at backfill priority (live webhooks first). A public call whose
+//! transcript Gong does not have yet is recorded for a recheck ([`crate::rechecks`]) before its
+//! raw event is acknowledged.
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,6 +36,8 @@ use crate::metrics;
 use crate::pacing::Pacing;
 use crate::pipeline::{self, MalformedAnswers, RawEvent, Verdict};
 use crate::rate_limit::Priority;
+use crate::rechecks::{PendingRecheck, Rechecks};
+use crate::seen::{SeenIndex, SeenRecord};
 
 /// Everything the loop needs.
 pub(crate) struct Worker {
@@ -37,6 +46,8 @@ pub(crate) struct Worker {
     pub(crate) consumer: PullConsumer,
     pub(crate) api: GongApi,
     pub(crate) readiness: Readiness,
+    pub(crate) seen: SeenIndex,
+    pub(crate) rechecks: Rechecks,
 }
 
 /// Creates or updates the durable consumer `enrich` on `gong.raw.call` with the configured
@@ -285,8 +296,9 @@ async fn with_progress<F: Future>(
 
 /// What to do with one raw event, decided in one place.
 enum Decision {
-    /// Publish this enriched event; ack the raw event after the publish ack.
-    Publish(Box<gong_common::event::EnrichedEvent>),
+    /// Publish this enriched event; ack the raw event after the publish ack (and, when the
+    /// flag says so, after the call is recorded for a transcript recheck).
+    Publish(Box<gong_common::event::EnrichedEvent>, bool),
     /// Settle with this outcome, counted under `label`.
     Settle(Outcome, &'static str),
 }
@@ -299,9 +311,13 @@ fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict, malformed: 
             call,
             transcript,
             fetched_at,
-        } => Decision::Publish(Box::new(pipeline::enriched_event(
-            event, *call, transcript, fetched_at, None,
-        ))),
+            transcript_pending,
+        } => Decision::Publish(
+            Box::new(pipeline::enriched_event(
+                event, *call, transcript, fetched_at, None,
+            )),
+            transcript_pending && !config.transcript_recheck.is_empty(),
+        ),
         Verdict::Invalid(invalid) => Decision::Settle(
             Outcome::Poison {
                 reason: invalid.reason.to_string(),
@@ -363,17 +379,52 @@ async fn process_batch(
     messages: &[jetstream::Message],
 ) -> BatchReport {
     let events: Vec<RawEvent> = messages.iter().map(RawEvent::from_message).collect();
-    let verdicts = with_progress(
+    // Live webhooks first: a batch of swept calls alone waits behind them for the quota.
+    let swept_only = events.iter().any(RawEvent::is_swept)
+        && events
+            .iter()
+            .all(|event| event.is_swept() || event.call.is_err());
+    let priority = if swept_only {
+        Priority::Backfill
+    } else {
+        Priority::Live
+    };
+    let marks: Vec<(String, SeenRecord)> = events
+        .iter()
+        .filter_map(|event| {
+            let source = if event.is_swept() {
+                gong_common::names::headers::SOURCE_SWEEP
+            } else {
+                "webhook"
+            };
+            Some((
+                event.call_id()?.to_string(),
+                SeenRecord {
+                    source: source.to_string(),
+                    raw_seq: event.stream_seq,
+                },
+            ))
+        })
+        .collect();
+    let (verdicts, marked) = with_progress(
         messages,
         progress_every(&worker.config),
-        pipeline::enrich(&worker.api, &events, Priority::Live),
+        futures::future::join(
+            pipeline::enrich(&worker.api, &events, priority, true),
+            worker.seen.mark(marks),
+        ),
     )
     .await;
+    if let Err(error) = marked {
+        // Only costs a sweep injecting these calls again (one more enrichment each).
+        tracing::warn!(%error, "cannot record the batch's calls as seen");
+    }
 
     let mut report = BatchReport::default();
     let mut auth_detail = None;
     let mut settlements: Vec<(usize, Outcome, &'static str)> = Vec::new();
     let mut publishes = Vec::new();
+    let mut recheck: Vec<bool> = vec![false; events.len()];
     for (index, verdict) in verdicts.into_iter().enumerate() {
         let event = &events[index];
         if let Verdict::AuthFault { detail } = &verdict {
@@ -384,7 +435,8 @@ async fn process_batch(
             _ => 0,
         };
         match decide(&worker.config, event, verdict, answers) {
-            Decision::Publish(enriched) => {
+            Decision::Publish(enriched, wants_recheck) => {
+                recheck[index] = wants_recheck;
                 match pipeline::publish_enriched(&worker.jetstream, &enriched).await {
                     Ok(ack) => publishes.push((index, ack)),
                     Err(err) => settlements.push(publish_failed(index, event, err)),
@@ -396,13 +448,22 @@ async fn process_batch(
     for (index, ack) in publishes {
         match ack.acked().await {
             Ok(ack) => {
+                let event = &events[index];
                 tracing::debug!(
-                    stream_seq = events[index].stream_seq,
-                    call_id = events[index].call_id().unwrap_or(""),
+                    stream_seq = event.stream_seq,
+                    call_id = event.call_id().unwrap_or(""),
                     enriched_seq = ack.sequence,
                     duplicate = ack.duplicate,
                     "call enriched"
                 );
+                if recheck[index] {
+                    if let Err(outcome) =
+                        register_recheck(&worker.rechecks, event, ack.sequence).await
+                    {
+                        settlements.push((index, outcome, "retry"));
+                        continue;
+                    }
+                }
                 settlements.push((index, Outcome::Done, "enriched"));
             }
             Err(err) => settlements.push(publish_failed(index, &events[index], err)),
@@ -455,6 +516,43 @@ async fn process_batch(
         worker.readiness.set_fault(None);
     }
     report
+}
+
+/// Records `event`'s call for a transcript recheck; the raw event is handed back when that
+/// fails (its enriched event, published again, is stored once: same `Nats-Msg-Id`).
+async fn register_recheck(
+    rechecks: &Rechecks,
+    event: &RawEvent,
+    enriched_seq: u64,
+) -> Result<(), Outcome> {
+    let Some(call_id) = event.call_id() else {
+        return Ok(());
+    };
+    let pending = PendingRecheck {
+        raw_event_id: event.event_id.clone(),
+        raw_stream_seq: event.stream_seq,
+        received_at: event.received_at,
+        enriched_seq,
+        rechecks: 0,
+        first_ms: 0,
+    };
+    match rechecks.register(call_id, &pending).await {
+        Ok(()) => {
+            tracing::info!(
+                call_id,
+                stream_seq = event.stream_seq,
+                enriched_seq,
+                "no transcript yet; recheck scheduled"
+            );
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(call_id, %error, "cannot schedule the transcript recheck; will retry the event");
+            Err(Outcome::Retry {
+                after: Duration::from_secs(2),
+            })
+        }
+    }
 }
 
 /// The settlement of a raw event whose enriched event could not be stored: dead-lettered with

@@ -8,3 +8,4 @@ mod pacing;
 mod process;
 mod quota;
 mod replay;
+mod sweep;

@@ -15,6 +15,7 @@ fn help_describes_the_service_and_replay() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("GONG_ACCESS_KEY"), "{text}");
     assert!(text.contains("replay"), "{text}");
+    assert!(text.contains("sweep"), "{text}");
     let output = Command::new(BIN)
         .args(["replay", "--help"])
         .output()
@@ -64,6 +65,72 @@ fn bad_replay_arguments_exit_64() {
         let output = Command::new(BIN).args(&args).env_clear().output().unwrap();
         assert_eq!(output.status.code(), Some(64), "{args:?}: {output:?}");
     }
+}
+
+#[test]
+fn bad_sweep_arguments_exit_64() {
+    for args in [
+        vec!["sweep"],
+        vec!["sweep", "--since", "yesterday"],
+        vec!["sweep", "--since", "72h", "--until", "soon"],
+    ] {
+        let output = Command::new(BIN).args(&args).env_clear().output().unwrap();
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {output:?}");
+    }
+}
+
+#[tokio::test]
+async fn sweep_prints_its_counts_last_and_exits_0() {
+    let harness = Harness::start(50, 100_000).await;
+    let now = chrono::Utc::now();
+    harness.gong.add_calls((0..7).map(|n| {
+        (
+            (1_800_000_000 + n).to_string(),
+            now - chrono::Duration::hours(n + 1),
+        )
+    }));
+    // One of them came by webhook and was enriched: the sweep finds it present.
+    harness.publish_raw("1800000003").await;
+    let env = harness.env(50);
+    let enricher = harness.enricher(harness.config(&env)).await;
+    harness.wait_enriched(1).await;
+    harness.wait_consumer_drained().await;
+    let run = |extra: &'static [&'static str]| {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .arg("sweep")
+            .args(["--since", "30d"])
+            .args(extra)
+            .env_clear()
+            .env("NATS_URL", harness.nats.url())
+            .env("LOG_FORMAT", "json")
+            .env("GONG_API_BASE_URL", harness.gong.base_url())
+            .env("GONG_ACCESS_KEY", DEFAULT_ACCESS_KEY)
+            .env("GONG_ACCESS_KEY_SECRET", DEFAULT_ACCESS_KEY_SECRET)
+            .env("GONG_RATE_LIMIT_PER_SECOND", "50");
+        command.output()
+    };
+    let last_line = |output: &std::process::Output| {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
+    let dry = run(&["--dry-run"]).await.unwrap();
+    assert!(dry.status.success(), "{dry:?}");
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would inject 6"));
+    assert_eq!(last_line(&dry), "sweep: listed 7, present 1, injected 0");
+    assert_eq!(harness.count(gong_common::names::STREAM_RAW).await, 1);
+
+    let real = run(&[]).await.unwrap();
+    assert!(real.status.success(), "{real:?}");
+    assert_eq!(last_line(&real), "sweep: listed 7, present 1, injected 6");
+    let stderr = String::from_utf8_lossy(&real.stderr);
+    assert!(stderr.contains("sweep done"), "{stderr}");
+    assert!(!stderr.contains(DEFAULT_ACCESS_KEY_SECRET));
+    harness.wait_enriched(7).await;
+    drop(enricher);
 }
 
 #[tokio::test]

@@ -80,6 +80,9 @@ impl Harness {
             ("ENRICH_HTTP_TIMEOUT", "5s".to_string()),
             ("ENRICH_PENDING_REFRESH", "500ms".to_string()),
             ("ENRICH_SHUTDOWN_GRACE", "2s".to_string()),
+            // The sweep's tests turn it on; elsewhere its listing requests would only blur the
+            // counts of Gong requests.
+            ("ENRICH_SWEEP_INTERVAL", "0".to_string()),
         ])
     }
 

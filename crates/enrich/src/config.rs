@@ -69,8 +69,9 @@ pub struct SweepConfig {
     pub interval: Duration,
     /// `ENRICH_SWEEP_LOOKBACK` (default `72h`): the window the continuous sweep lists, ending now.
     pub lookback: Duration,
-    /// `ENRICH_SWEEP_LEASE_TTL` (default `30s`, at least `1s`): the sweep lease's time to live;
-    /// a sweep whose process died is taken over (and resumed) after it.
+    /// `ENRICH_SWEEP_LEASE_TTL` (default `30s`, at least `1s`): the time to live of the sweep's
+    /// lease and of the transcript rechecks' lease; a sweep whose process died is taken over (and
+    /// resumed) after it.
     pub lease_ttl: Duration,
     /// `ENRICH_SWEEP_MAX_BACKLOG` (default `ENRICH_BATCH_SIZE`): the sweep lists its next page
     /// only while fewer raw events than this wait for the `enrich` consumer, so webhooks queue

@@ -57,8 +57,8 @@ pub enum EnrichError {
         #[source]
         source: PublishError,
     },
-    /// The run was cancelled before the range was done.
-    #[error("cancelled before the replay range was done")]
+    /// The run (a replay or a sweep) was cancelled before its range was done.
+    #[error("cancelled before the range was done")]
     Cancelled,
     /// Shutdown was requested while streams, buckets or the consumer were being provisioned.
     #[error("shutdown requested while provisioning")]

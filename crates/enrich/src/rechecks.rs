@@ -434,7 +434,11 @@ pub(crate) async fn run(
             _ = ticker.tick() => {}
         }
         if *state.borrow() == LeaseState::Active {
-            match rechecks.run_once(&api, &jetstream).await {
+            let pass = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                pass = rechecks.run_once(&api, &jetstream) => pass,
+            };
+            match pass {
                 Ok(report) if report.due > 0 => tracing::info!(
                     due = report.due,
                     found = report.found,

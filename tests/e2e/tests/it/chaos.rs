@@ -20,7 +20,7 @@ use crate::support::pipeline::{
     both, stream_messages, wait_consumers_drained, Options, Pipeline, StageTarget,
 };
 use crate::support::process::Kind;
-use crate::support::sender::{answer_counts, call_ids, Sender, Traffic};
+use crate::support::sender::{answer_counts, call_ids, last_answer, Sender, Traffic};
 use crate::support::stage::{assert_clean, read_local, read_local_files, Verdict};
 use crate::support::stream::{read_enriched, read_manifest, RangeRecord};
 use crate::support::{first_call_id, report, scaled, seed};
@@ -176,7 +176,11 @@ async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
     }
 
     let deliveries = traffic.finish().await;
-    let sent_for = started.elapsed();
+    // Until the last answer, not until now: the fault schedule may outlast the traffic.
+    let sent_for = last_answer(&deliveries).map_or_else(
+        || started.elapsed(),
+        |last| last.duration_since(started),
+    );
     // Drained consumers, not "everything on the stage": a loader that staged a range short
     // acked it all the same, and the checks below must say which file lacks what.
     let drained = wait_consumers_drained(&jetstream).await;

@@ -27,7 +27,7 @@ use crate::support::pipeline::{
     StageTarget,
 };
 use crate::support::process::Kind;
-use crate::support::sender::{answer_counts, call_ids, Sender, Traffic};
+use crate::support::sender::{answer_counts, call_ids, last_answer, Sender, Traffic};
 use crate::support::stage::{read_local, read_local_files, Verdict};
 use crate::support::stream::{read_enriched, read_manifest, RangeRecord};
 use crate::support::{first_call_id, report, scaled, seed};
@@ -168,7 +168,7 @@ async fn production_topology_under_kills_stages_every_range_exactly() {
     let stage = root.path().join("stage");
     let mut options = Options::new(cluster.urls(), StageTarget::Local(stage.clone()))
         .with(Kind::Enrich, "ENRICH_BATCH_SIZE", "50")
-        .with(Kind::Load, "LOAD_FLUSH_MAX_ROWS", "50");
+        .with(Kind::Load, "LOAD_FLUSH_MAX_ROWS", "25");
     options.replicas = 3;
     options.enrich_replicas = 2;
     options.load_replicas = 3;
@@ -240,7 +240,11 @@ async fn production_topology_under_kills_stages_every_range_exactly() {
     }
 
     let deliveries = traffic.finish().await;
-    let sent_for = started.elapsed();
+    // Until the last answer, not until now: the fault schedule may outlast the traffic.
+    let sent_for = last_answer(&deliveries).map_or_else(
+        || started.elapsed(),
+        |last| last.duration_since(started),
+    );
     // Everything enriched and everything acknowledged by the loaders (acked ⇒ staged), not
     // "everything on the stage": a loader that stages a range short acks it all the same, and
     // the checks below must say which file lacks what rather than time out.

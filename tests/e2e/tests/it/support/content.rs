@@ -21,8 +21,17 @@ pub struct ContentReport {
     pub rows: usize,
     /// Every violation, one line each, naming the file, its range and what differs.
     pub problems: Vec<String>,
-    /// Ranges with a problem, to look up in the manifest and the logs.
-    pub bad_ranges: BTreeSet<(u64, u64)>,
+    /// Ranges with a problem, to look up in the manifest and the logs, in the order found:
+    /// ranges whose `calls` file differs from the stream first.
+    pub bad_ranges: Vec<(u64, u64)>,
+}
+
+impl ContentReport {
+    fn bad(&mut self, range: (u64, u64)) {
+        if !self.bad_ranges.contains(&range) {
+            self.bad_ranges.push(range);
+        }
+    }
 }
 
 /// At most 12 numbers, then how many more.
@@ -182,7 +191,7 @@ pub fn check(enriched: &Enriched, files: &[Result<FileRows, String>]) -> Content
             ));
         }
         if !differs.is_empty() {
-            report.bad_ranges.insert(file.range);
+            report.bad(file.range);
             report.problems.push(format!(
                 "{} (range {first}-{last}): {}",
                 file.relative,
@@ -216,8 +225,8 @@ pub fn check(enriched: &Enriched, files: &[Result<FileRows, String>]) -> Content
         }
     }
     for ((before, range), tables) in overlaps {
-        report.bad_ranges.insert(before);
-        report.bad_ranges.insert(range);
+        report.bad(before);
+        report.bad(range);
         let tables = if tables.len() == Table::ALL.len() {
             "every table".to_string()
         } else {
@@ -237,7 +246,7 @@ pub fn check(enriched: &Enriched, files: &[Result<FileRows, String>]) -> Content
                 .get(table.name())
                 .is_some_and(|ranges| ranges.binary_search(&(first, last)).is_ok());
             if expected && !present {
-                report.bad_ranges.insert((first, last));
+                report.bad((first, last));
                 report.problems.push(format!(
                     "range {first}-{last}: no {} file although its events have rows there",
                     table.name()

@@ -219,3 +219,12 @@ pub fn answer_counts(deliveries: &[Delivery]) -> (usize, usize, usize, usize) {
     }
     counts
 }
+
+/// When the last answer (of any attempt) arrived: the end of the traffic as the senders saw it.
+pub fn last_answer(deliveries: &[Delivery]) -> Option<Instant> {
+    deliveries
+        .iter()
+        .flat_map(|delivery| &delivery.attempts)
+        .map(|attempt| attempt.ended)
+        .max()
+}

@@ -177,10 +177,8 @@ async fn sigkilled_enrich_and_load_lose_and_duplicate_nothing() {
 
     let deliveries = traffic.finish().await;
     // Until the last answer, not until now: the fault schedule may outlast the traffic.
-    let sent_for = last_answer(&deliveries).map_or_else(
-        || started.elapsed(),
-        |last| last.duration_since(started),
-    );
+    let sent_for = last_answer(&deliveries)
+        .map_or_else(|| started.elapsed(), |last| last.duration_since(started));
     // Drained consumers, not "everything on the stage": a loader that staged a range short
     // acked it all the same, and the checks below must say which file lacks what.
     let drained = wait_consumers_drained(&jetstream).await;

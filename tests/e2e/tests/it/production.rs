@@ -241,10 +241,8 @@ async fn production_topology_under_kills_stages_every_range_exactly() {
 
     let deliveries = traffic.finish().await;
     // Until the last answer, not until now: the fault schedule may outlast the traffic.
-    let sent_for = last_answer(&deliveries).map_or_else(
-        || started.elapsed(),
-        |last| last.duration_since(started),
-    );
+    let sent_for = last_answer(&deliveries)
+        .map_or_else(|| started.elapsed(), |last| last.duration_since(started));
     // Everything enriched and everything acknowledged by the loaders (acked ⇒ staged), not
     // "everything on the stage": a loader that stages a range short acks it all the same, and
     // the checks below must say which file lacks what rather than time out.

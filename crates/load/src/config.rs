@@ -45,7 +45,7 @@ pub struct LoadConfig {
     pub retry_max_backoff: Duration,
     /// `LOAD_SHUTDOWN_GRACE` (default `25s`): time to flush the open batch on shutdown.
     pub shutdown_grace: Duration,
-    /// Snowpipe `insertFiles` notification, when `SNOWFLAKE_*` are set.
+    /// Snowpipe REST mode (notifications, load verification), when `SNOWFLAKE_*` are set.
     pub snowpipe: Option<SnowpipeConfig>,
     /// `LOAD_TEST_CRASH_AFTER_WRITE` (tests only): abort after the files are durable and
     /// before any ack.
@@ -192,5 +192,59 @@ mod tests {
             LoadConfig::from_env(&env).unwrap_err().var,
             "LOAD_FLUSH_MAX_AGE"
         );
+    }
+
+    fn snowpipe_env(dir: &std::path::Path, extra: &[(&str, &str)]) -> Env {
+        let key = dir.join("key.p8");
+        std::fs::write(
+            &key,
+            gong_testkit::webhook::TestKey::snowflake().private_pem(),
+        )
+        .unwrap();
+        let mut env = Env::from_pairs([
+            ("SNOWFLAKE_ACCOUNT", "xy12345"),
+            ("SNOWFLAKE_USER", "loader"),
+            ("SNOWFLAKE_PIPE", "DB.RAW.GONG_{TABLE}_PIPE"),
+        ]);
+        env.set("SNOWFLAKE_PRIVATE_KEY_PATH", key.display().to_string());
+        for (var, value) in extra {
+            env.set(*var, *value);
+        }
+        env
+    }
+
+    #[test]
+    fn snowpipe_verification_settings_have_defaults_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LoadConfig::from_env(&snowpipe_env(dir.path(), &[])).unwrap();
+        let snowpipe = config.snowpipe.expect("snowpipe configured");
+        assert_eq!(snowpipe.verify_timeout, Duration::from_secs(3600));
+        assert_eq!(snowpipe.verify_poll, Duration::from_secs(30));
+        let env = snowpipe_env(
+            dir.path(),
+            &[
+                ("SNOWFLAKE_VERIFY_TIMEOUT", "90s"),
+                ("SNOWFLAKE_VERIFY_POLL", "250ms"),
+            ],
+        );
+        let snowpipe = LoadConfig::from_env(&env).unwrap().snowpipe.unwrap();
+        assert_eq!(snowpipe.verify_timeout, Duration::from_secs(90));
+        assert_eq!(snowpipe.verify_poll, Duration::from_millis(250));
+        for (var, value) in [
+            ("SNOWFLAKE_VERIFY_TIMEOUT", "0s"),
+            ("SNOWFLAKE_VERIFY_TIMEOUT", "later"),
+            ("SNOWFLAKE_VERIFY_POLL", "0s"),
+            ("SNOWFLAKE_VERIFY_POLL", "10m"),
+        ] {
+            let env = snowpipe_env(dir.path(), &[(var, value)]);
+            assert_eq!(
+                LoadConfig::from_env(&env).unwrap_err().var,
+                var,
+                "{var}={value}"
+            );
+        }
+        // The key never shows in Debug.
+        let config = LoadConfig::from_env(&snowpipe_env(dir.path(), &[])).unwrap();
+        assert!(!format!("{config:?}").contains("PRIVATE"));
     }
 }

@@ -68,6 +68,12 @@ pub enum LoadError {
         /// What was in progress.
         step: &'static str,
     },
+    /// The file ledger (`gong_load_files`) could not be read or written.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    /// Writing an operator command's output failed.
+    #[error("cannot write the output: {0}")]
+    Output(String),
     /// A replay argument is invalid or resolves to nothing.
     #[error("invalid replay range: {0}")]
     ReplayRange(String),

@@ -14,7 +14,13 @@
 //! - `rows.rs`: an enriched event → rows.
 //! - `parquet_writer.rs`: rows → Parquet spool files (zstd, row groups, statistics).
 //! - `stage.rs`: the object store (`file://`, `s3://`, `gs://`, `az://`) and the file layout.
-//! - `snowflake.rs`: setup SQL and the Snowpipe `insertFiles` notification (key-pair JWT).
+//! - `snowflake.rs`: setup SQL and the Snowpipe REST client (`insertFiles`, `insertReport`,
+//!   `loadHistoryScan`; key-pair JWT).
+//! - `ledger.rs`: the staged files Snowpipe must load, in KV (`gong_load_files`), recorded
+//!   before their messages are acknowledged.
+//! - `verify.rs`: the notifier (in the `load` lease holder): notifies pending files, follows
+//!   each load to `loaded`, `load_failed`, `partially_loaded` or `unknown`;
+//!   `gong-load snowflake-status`.
 //! - `replay.rs`: rebuild staged files of recorded ranges from GONG_ENRICHED.
 //! - `inspect.rs`: print schema and rows of staged files.
 //! - `metrics.rs`: `gong_load_*` metrics.
@@ -26,6 +32,7 @@
 pub mod config;
 pub mod error;
 pub mod inspect;
+pub mod ledger;
 pub mod loader;
 pub mod metrics;
 pub mod parquet_writer;
@@ -36,6 +43,7 @@ pub mod rows;
 pub mod schema;
 pub mod snowflake;
 pub mod stage;
+pub mod verify;
 
 use std::net::SocketAddr;
 
@@ -49,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::LoadConfig;
 pub use error::LoadError;
 
+use crate::ledger::Ledger;
 use crate::range_writer::Ctx;
 use crate::ranges::Ranges;
 use crate::snowflake::Snowpipe;
@@ -95,13 +104,15 @@ pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Ru
             provision(&config, &jetstream, owner.clone())
         })
         .await?;
-    let Some((stream, ranges, consumer, lease)) = provisioned else {
+    let Some((stream, ranges, consumer, lease, ledger)) = provisioned else {
         return Err(LoadError::Interrupted {
             step: "provisioning",
         });
     };
+    let snowpipe = config.snowpipe.clone().map(Snowpipe::new);
     let ctx = Ctx {
-        snowpipe: config.snowpipe.clone().map(Snowpipe::new),
+        snowpipe: snowpipe.clone(),
+        ledger: ledger.clone(),
         config,
         jetstream,
         stream,
@@ -113,6 +124,16 @@ pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Ru
     // The lease outlives the loop: it is released only after the open batch was flushed.
     let lease_shutdown = CancellationToken::new();
     let lease = lease.spawn(lease_shutdown.clone());
+    // The Snowpipe notifier works only while this replica holds the lease, beside the loop.
+    let notifier_stop = shutdown.child_token();
+    let notifier = match (ledger, snowpipe) {
+        (Some(ledger), Some(snowpipe)) => Some((
+            verify::Notifier::new(ledger, snowpipe)
+                .spawn(lease.state.clone(), notifier_stop.clone()),
+            notifier_stop,
+        )),
+        _ => None,
+    };
     let task = tokio::spawn(run_holding(
         ctx,
         consumer,
@@ -120,6 +141,7 @@ pub async fn start(config: LoadConfig, shutdown: CancellationToken) -> Result<Ru
         shutdown,
         lease,
         lease_shutdown,
+        notifier,
     ));
     Ok(Running { admin_addr, task })
 }
@@ -131,15 +153,21 @@ async fn run_holding(
     shutdown: CancellationToken,
     lease: gong_common::lease::LeaseHandle,
     lease_shutdown: CancellationToken,
+    notifier: Option<(JoinHandle<()>, CancellationToken)>,
 ) -> Result<(), LoadError> {
     let outcome = loader::run(ctx, consumer, readiness, shutdown, lease.state).await;
+    // Stop the notifier before the lease is released (after a fatal error too).
+    if let Some((notifier, stop)) = notifier {
+        stop.cancel();
+        let _ = notifier.await;
+    }
     lease_shutdown.cancel();
     let _ = lease.task.await;
     outcome
 }
 
-/// Streams, range manifest, lease and consumer: every step idempotent, so a retry after a
-/// partial success is safe.
+/// Streams, range manifest, lease, consumer and (with Snowpipe) the file ledger: every step
+/// idempotent, so a retry after a partial success is safe.
 async fn provision(
     config: &LoadConfig,
     jetstream: &async_nats::jetstream::Context,
@@ -150,6 +178,7 @@ async fn provision(
         Ranges,
         async_nats::jetstream::consumer::PullConsumer,
         Lease,
+        Option<Ledger>,
     ),
     LoadError,
 > {
@@ -163,7 +192,13 @@ async fn provision(
     )
     .await?;
     let consumer = loader::ensure_consumer(&stream, config).await?;
-    Ok((stream, ranges, consumer, lease))
+    let ledger = match &config.snowpipe {
+        Some(snowpipe) => {
+            Some(Ledger::open(jetstream, &config.common.streams, snowpipe.verify_timeout).await?)
+        }
+        None => None,
+    };
+    Ok((stream, ranges, consumer, lease, ledger))
 }
 
 async fn open_stream_and_ranges(
@@ -190,7 +225,9 @@ async fn open_stream_and_ranges(
 }
 
 /// Connects to NATS, provisions streams and the range bucket, opens the stage: what replay
-/// (and a test or bench writing ranges directly) needs; no lease, no consumer.
+/// (and a test or bench writing ranges directly) needs; no lease, no consumer, no Snowpipe
+/// ledger (a replay rewrites files under the names and with the bytes the live loader staged
+/// and recorded; Snowpipe skips a name it has loaded).
 pub async fn connect(config: LoadConfig) -> Result<Ctx, LoadError> {
     let stage = Stage::open(&config.stage_url, &config.stage_env())?;
     let client = gong_common::nats::connect(&config.common, "gong-load").await?;
@@ -206,5 +243,6 @@ pub async fn connect(config: LoadConfig) -> Result<Ctx, LoadError> {
         ranges,
         stage,
         snowpipe,
+        ledger: None,
     })
 }

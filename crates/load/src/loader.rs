@@ -17,9 +17,10 @@
 //!   it any more.
 //!
 //! A batch starts at the manifest's head and is flushed on rows, bytes, age (a timer that fires
-//! without traffic) or shutdown: claim the range (CAS), upload every table's file, then ack the
-//! held messages, then mark the range done. A lost claim discards the files and naks the held
-//! messages; they come back as covered.
+//! without traffic) or shutdown: claim the range (CAS), upload every table's file, record the
+//! files in the Snowpipe ledger (Snowpipe REST mode, `ledger.rs`), then ack the held messages,
+//! then mark the range done. A lost claim discards the files and naks the held messages; they
+//! come back as covered.
 //!
 //! Only the holder of the `load` lease ([`gong_common::lease`]) pulls; other replicas are hot
 //! standbys that take over when the holder stops renewing or releases the lease on shutdown.
@@ -570,6 +571,11 @@ impl Loader {
                 return Err(err);
             }
         };
+        // Snowpipe must learn about the files even if this process dies after the ack.
+        if let Err(err) = self.ctx.record_for_snowpipe(&staged).await {
+            abandon_held(&self.ctx, &batch.held).await;
+            return Err(err);
+        }
         if self.ctx.config.crash_after_write {
             tracing::error!(
                 first,
@@ -739,7 +745,11 @@ impl Loader {
         first: u64,
         last: u64,
     ) -> Result<crate::range_writer::StagedRange, LoadError> {
-        match self.ctx.rewrite_range(first, last, &self.shutdown).await {
+        let rewritten = match self.ctx.rewrite_range(first, last, &self.shutdown).await {
+            Ok(staged) => self.ctx.record_for_snowpipe(&staged).await.map(|()| staged),
+            Err(err) => Err(err),
+        };
+        match rewritten {
             Ok(staged) => {
                 let _ = settle(
                     &self.ctx.jetstream,

@@ -14,7 +14,8 @@ use gong_common::{Env, EXIT_CONFIG, EXIT_RUNTIME};
 /// LOAD_FLUSH_MAX_ROWS, LOAD_FLUSH_MAX_BYTES, LOAD_FLUSH_MAX_AGE (e.g. 60s), LOAD_ROW_GROUP_ROWS,
 /// LOAD_MAX_ACK_PENDING, LOAD_ACK_WAIT, LOAD_SPOOL_DIR, AWS_* (S3 credentials and endpoint), and
 /// optionally SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER, SNOWFLAKE_PRIVATE_KEY_PATH, SNOWFLAKE_PIPE
-/// (with {TABLE}) for Snowpipe notifications.
+/// (with {TABLE}) for Snowpipe notifications, SNOWFLAKE_VERIFY_TIMEOUT (default 1h) and
+/// SNOWFLAKE_VERIFY_POLL (default 30s) for following each file's load.
 #[derive(Parser)]
 #[command(name = "gong-load", version)]
 struct Cli {
@@ -28,6 +29,12 @@ enum Command {
     Run,
     /// Print the Snowflake setup SQL (file format, stage, tables, pipes, views).
     SnowflakeSql,
+    /// List the staged files Snowpipe was told about and their load state (uses NATS_URL).
+    SnowflakeStatus {
+        /// Only files staged at or after this time: RFC 3339, or a duration before now (24h).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Rebuild the staged files of recorded ranges from GONG_ENRICHED, then exit.
     Replay {
         /// First GONG_ENRICHED sequence to rebuild.
@@ -90,6 +97,7 @@ fn main() {
             }
         }
         Command::Run => run(),
+        Command::SnowflakeStatus { since } => snowflake_status(since),
         Command::Dlq(args) => {
             std::process::exit(gong_common::cli::dlq_main(&Env::from_process(), args));
         }
@@ -133,6 +141,25 @@ fn run() {
     });
     if let Err(err) = outcome {
         tracing::error!(error = %anyhow::Error::from(err), "gong-load failed");
+        std::process::exit(EXIT_RUNTIME);
+    }
+}
+
+fn snowflake_status(since: Option<String>) {
+    let since = since.map(|raw| {
+        gong_load::verify::parse_since(&raw, chrono::Utc::now()).unwrap_or_else(|reason| {
+            eprintln!("gong-load: --since: {reason}");
+            std::process::exit(EXIT_CONFIG);
+        })
+    });
+    let config = load_config();
+    let outcome = runtime().block_on(async {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        gong_load::verify::snowflake_status(&config, since, &mut out).await
+    });
+    if let Err(err) = outcome {
+        eprintln!("gong-load: {err}");
         std::process::exit(EXIT_RUNTIME);
     }
 }

@@ -1,5 +1,8 @@
 //! gong-load's metrics (`gong_load_*`).
 
+use std::collections::BTreeMap;
+
+use crate::ledger::FileState;
 use crate::schema::Table;
 
 /// Why a batch was flushed.
@@ -67,6 +70,12 @@ pub fn register() {
         metrics::counter!("gong_load_dead_letters_total", "reason" => reason.to_string())
             .increment(0);
     }
+    for state in FileState::FINAL {
+        metrics::counter!("gong_load_snowflake_verified_total", "state" => state.as_str())
+            .increment(0);
+    }
+    metrics::counter!("gong_load_snowflake_report_gaps_total").increment(0);
+    snowflake_standby();
     metrics::counter!("gong_load_stage_errors_total").increment(0);
     metrics::counter!("gong_load_ranges_lost_total").increment(0);
     metrics::counter!("gong_load_ranges_taken_over_total").increment(0);
@@ -131,8 +140,43 @@ pub fn dead_letter(reason: &str) {
     metrics::counter!("gong_load_dead_letters_total", "reason" => reason.to_string()).increment(1);
 }
 
-/// `gong_load_snowpipe_failures_total{table}`: files whose Snowpipe notification gave up after
-/// its retries (the file is staged; `ALTER PIPE ... REFRESH` picks it up).
+/// `gong_load_snowpipe_failures_total{table}`: `insertFiles` calls that failed after their
+/// attempts (`SNOWFLAKE_NOTIFY_ATTEMPTS`). The files stay `pending` in the ledger and are
+/// notified again with backoff.
 pub fn snowpipe_failure(table: Table) {
     metrics::counter!("gong_load_snowpipe_failures_total", "table" => table.name()).increment(1);
+}
+
+/// `gong_load_snowflake_files{state}`: files in the ledger (`gong_load_files`) per state, as
+/// the notifier (the `load` lease holder) last saw them; 0 on a standby, so the sum over
+/// replicas is the ledger's count.
+pub fn snowflake_files(counts: &BTreeMap<FileState, usize>) {
+    for state in FileState::ALL {
+        let count = counts.get(&state).copied().unwrap_or(0);
+        metrics::gauge!("gong_load_snowflake_files", "state" => state.as_str()).set(count as f64);
+    }
+}
+
+/// `gong_load_snowflake_oldest_unverified_seconds`: age (since it was staged) of the oldest
+/// file with no final state yet (pending, notified, loading); 0 when there is none.
+pub fn snowflake_oldest_unverified(seconds: f64) {
+    metrics::gauge!("gong_load_snowflake_oldest_unverified_seconds").set(seconds.max(0.0));
+}
+
+/// `gong_load_snowflake_verified_total{state}`: files that reached a final state (`loaded`,
+/// `load_failed`, `partially_loaded`, `unknown`).
+pub fn snowflake_verified(state: FileState) {
+    metrics::counter!("gong_load_snowflake_verified_total", "state" => state.as_str()).increment(1);
+}
+
+/// `gong_load_snowflake_report_gaps_total`: `insertReport` answers with `completeResult`
+/// false (events missed; `loadHistoryScan` is read instead).
+pub fn snowflake_report_gap() {
+    metrics::counter!("gong_load_snowflake_report_gaps_total").increment(1);
+}
+
+/// The Snowflake gauges of a replica that does not notify (a standby, or no Snowpipe): zero.
+pub fn snowflake_standby() {
+    snowflake_files(&BTreeMap::new());
+    snowflake_oldest_unverified(0.0);
 }

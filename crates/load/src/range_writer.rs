@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::LoadConfig;
 use crate::error::LoadError;
+use crate::ledger::Ledger;
 use crate::metrics;
 use crate::parquet_writer::{Spool, SpooledRange};
 use crate::ranges::Ranges;
@@ -181,6 +182,8 @@ pub struct Ctx {
     pub stage: Stage,
     /// Snowpipe, when configured.
     pub snowpipe: Option<Snowpipe>,
+    /// The ledger of files Snowpipe must load, when Snowpipe is configured (live loader only).
+    pub ledger: Option<Ledger>,
 }
 
 impl Ctx {
@@ -408,7 +411,22 @@ impl Ctx {
             .await
     }
 
-    /// Records metrics for a durable range and notifies Snowpipe in the background.
+    /// Records every file of a durable range in the Snowpipe ledger (when Snowpipe is
+    /// configured), so the notifier tells Snowpipe about it even if this process dies next.
+    /// Call it before acknowledging the range's messages; on error, do not acknowledge them.
+    pub async fn record_for_snowpipe(&self, staged: &StagedRange) -> Result<(), LoadError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        if staged.files.is_empty() {
+            return Ok(());
+        }
+        ledger.record_staged(staged).await?;
+        Ok(())
+    }
+
+    /// Records metrics and logs for a durable range. Snowpipe is not called from here: the
+    /// notifier (`verify.rs`) notifies what [`Ctx::record_for_snowpipe`] recorded.
     pub fn report_durable(&self, staged: &StagedRange) {
         for file in &staged.files {
             metrics::file_staged(file.table, file.rows, file.bytes);
@@ -424,19 +442,6 @@ impl Ctx {
             files = staged.files.len(),
             "range staged"
         );
-        if let Some(snowpipe) = &self.snowpipe {
-            for file in &staged.files {
-                let snowpipe = snowpipe.clone();
-                let table = file.table;
-                let paths = vec![file.relative.clone()];
-                tokio::spawn(async move {
-                    if let Err(err) = snowpipe.insert_files(table, &paths).await {
-                        crate::metrics::snowpipe_failure(table);
-                        tracing::error!(error = %err, path = %paths[0], "snowpipe notification failed; the file is staged, refresh the pipe");
-                    }
-                });
-            }
-        }
     }
 }
 

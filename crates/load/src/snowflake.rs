@@ -1,5 +1,6 @@
-//! Snowflake: the setup SQL generated from [`crate::schema`], and the optional Snowpipe
-//! `insertFiles` notification with key-pair JWT authentication.
+//! Snowflake: the setup SQL generated from [`crate::schema`], and the optional Snowpipe REST
+//! client (`insertFiles`, `insertReport`, `loadHistoryScan`) with key-pair JWT authentication.
+//! What is notified when, and how each file's load is followed, is `verify.rs`.
 //!
 //! JSON columns (`*_json`) are `VARCHAR` in the tables, exactly as staged; the views parse them
 //! with `TRY_PARSE_JSON`. The views hide duplicates: one row per call, user and answered
@@ -210,8 +211,15 @@ pub struct SnowpipeConfig {
     pub pipe: String,
     /// `SNOWFLAKE_PIPE_URL` (default `https://<account>.snowflakecomputing.com`).
     pub base_url: String,
-    /// `SNOWFLAKE_NOTIFY_ATTEMPTS` (default 5).
+    /// `SNOWFLAKE_NOTIFY_ATTEMPTS` (default 5): `insertFiles` attempts per notification round.
     pub attempts: u32,
+    /// `SNOWFLAKE_VERIFY_TIMEOUT` (default `1h`): a notified file Snowpipe has reported no
+    /// outcome for after this long is notified once more, and after as long again reported as
+    /// `unknown`.
+    pub verify_timeout: Duration,
+    /// `SNOWFLAKE_VERIFY_POLL` (default `30s`, at most `5m`): how often the notifier sends
+    /// pending notifications and reads `insertReport` while files wait for their outcome.
+    pub verify_poll: Duration,
 }
 
 impl std::fmt::Debug for SnowpipeConfig {
@@ -222,6 +230,9 @@ impl std::fmt::Debug for SnowpipeConfig {
             .field("pipe", &self.pipe)
             .field("base_url", &self.base_url)
             .field("key_fingerprint", &self.key.fingerprint)
+            .field("attempts", &self.attempts)
+            .field("verify_timeout", &self.verify_timeout)
+            .field("verify_poll", &self.verify_poll)
             .finish()
     }
 }
@@ -277,6 +288,21 @@ impl SnowpipeConfig {
                     account.to_ascii_lowercase()
                 )
             });
+        let verify_timeout =
+            env.duration_or("SNOWFLAKE_VERIFY_TIMEOUT", Duration::from_secs(3600))?;
+        if verify_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "SNOWFLAKE_VERIFY_TIMEOUT",
+                "must be at least 1s",
+            ));
+        }
+        let verify_poll = env.duration_or("SNOWFLAKE_VERIFY_POLL", Duration::from_secs(30))?;
+        if verify_poll.is_zero() || verify_poll > Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                "SNOWFLAKE_VERIFY_POLL",
+                "must be between 1ms and 5m (insertReport keeps 10 minutes of events)",
+            ));
+        }
         Ok(Some(SnowpipeConfig {
             account,
             user,
@@ -284,6 +310,8 @@ impl SnowpipeConfig {
             pipe,
             base_url,
             attempts: env.positive_or("SNOWFLAKE_NOTIFY_ATTEMPTS", 5)?,
+            verify_timeout,
+            verify_poll,
         }))
     }
 
@@ -382,17 +410,177 @@ pub fn key_pair_jwt(
     jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key.encoding)
 }
 
-/// Snowpipe notification failed after every attempt (the files are on the stage regardless;
-/// `ALTER PIPE ... REFRESH` or the next COPY picks them up).
+/// A Snowpipe REST endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/data/pipes/<pipe>/insertFiles`: queue files for loading.
+    InsertFiles,
+    /// `GET /v1/data/pipes/<pipe>/insertReport`: load events of the last 10 minutes.
+    InsertReport,
+    /// `GET /v1/data/pipes/<pipe>/loadHistoryScan`: loads between two times (14 days back).
+    LoadHistoryScan,
+}
+
+impl Endpoint {
+    /// The path segment (and log field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::InsertFiles => "insertFiles",
+            Endpoint::InsertReport => "insertReport",
+            Endpoint::LoadHistoryScan => "loadHistoryScan",
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Snowpipe REST call failed. Never carries the JWT or the key.
 #[derive(Debug, thiserror::Error)]
-#[error("snowpipe insertFiles to {pipe} failed after {attempts} attempts: {reason}")]
-pub struct NotifyError {
-    /// Pipe.
-    pub pipe: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Last failure.
-    pub reason: String,
+pub enum SnowpipeError {
+    /// The key-pair JWT could not be signed (the key is unusable: no retry helps).
+    #[error("cannot sign the key-pair jwt: {0}")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+    /// No answer: connection refused, TLS, timeout.
+    #[error("snowpipe {endpoint} for {pipe}: {source}")]
+    Request {
+        /// Endpoint.
+        endpoint: Endpoint,
+        /// Pipe.
+        pipe: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An HTTP error status, with Snowflake's code and message when the body had them.
+    #[error("snowpipe {endpoint} for {pipe} answered http {status}: {reason}")]
+    Status {
+        /// Endpoint.
+        endpoint: Endpoint,
+        /// Pipe.
+        pipe: String,
+        /// HTTP status.
+        status: u16,
+        /// Snowflake's `code` and `message` (truncated), or empty.
+        reason: String,
+    },
+    /// A 200 whose body is not what the endpoint answers (or `responseCode` is not `SUCCESS`).
+    #[error("snowpipe {endpoint} for {pipe} answered an unexpected body: {detail}")]
+    Answer {
+        /// Endpoint.
+        endpoint: Endpoint,
+        /// Pipe.
+        pipe: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl SnowpipeError {
+    /// True when the same call may succeed later: no answer, 5xx, 408, 429, an odd body.
+    /// False for the key, and for 4xx (bad JWT, unknown pipe, missing grants) that only an
+    /// operator fixes; those are still tried again by the notifier, only less often.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SnowpipeError::Sign(_) => false,
+            SnowpipeError::Request { .. } | SnowpipeError::Answer { .. } => true,
+            SnowpipeError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+        }
+    }
+}
+
+/// One file in an `insertReport` or `loadHistoryScan` answer (Snowflake's field names). Every
+/// field but `path` may be missing; unknown fields are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ReportedFile {
+    /// Path relative to the pipe's stage, as given to `insertFiles`.
+    pub path: String,
+    /// The stage (or bucket) the pipe reads.
+    pub stage_location: Option<String>,
+    /// Bytes.
+    pub file_size: Option<u64>,
+    /// When Snowpipe queued the file (ISO 8601 UTC).
+    pub time_received: Option<String>,
+    /// When rows of the file were last inserted (ISO 8601 UTC).
+    pub last_insert_time: Option<String>,
+    /// Rows inserted into the table.
+    pub rows_inserted: Option<u64>,
+    /// Rows parsed from the file.
+    pub rows_parsed: Option<u64>,
+    /// Errors seen.
+    pub errors_seen: Option<u64>,
+    /// Errors allowed before the file fails (the pipe's ON_ERROR).
+    pub error_limit: Option<u64>,
+    /// Whether processing of the file finished.
+    pub complete: Option<bool>,
+    /// `LOAD_IN_PROGRESS`, `LOADED`, `LOAD_FAILED` or `PARTIALLY_LOADED`.
+    pub status: String,
+    /// The first error's message.
+    pub first_error: Option<String>,
+    /// Its line.
+    pub first_error_line_num: Option<u64>,
+    /// Its character position.
+    pub first_error_character_pos: Option<u64>,
+    /// Its column.
+    pub first_error_column_name: Option<String>,
+    /// Why the file was not processed at all.
+    pub system_error: Option<String>,
+}
+
+/// The answer of `insertReport`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InsertReport {
+    /// The pipe.
+    pub pipe: Option<String>,
+    /// False when events were missed between the given `beginMark` and the first event here
+    /// (older than 10 minutes, or beyond the 10,000 kept).
+    pub complete_result: bool,
+    /// The `beginMark` of the next call.
+    pub next_begin_mark: Option<String>,
+    /// Load events.
+    pub files: Vec<ReportedFile>,
+}
+
+/// The answer of `loadHistoryScan`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoadHistory {
+    /// The pipe.
+    pub pipe: Option<String>,
+    /// False when there is more in the window: ask again from `range_end_time`.
+    pub complete_result: bool,
+    /// The window asked for.
+    pub start_time_inclusive: Option<String>,
+    /// The window asked for.
+    pub end_time_exclusive: Option<String>,
+    /// Time of the first entry returned.
+    pub range_start_time: Option<String>,
+    /// Time of the last entry returned.
+    pub range_end_time: Option<String>,
+    /// Loads in the window.
+    pub files: Vec<ReportedFile>,
+}
+
+/// The answer of `insertFiles`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct InsertFilesAnswer {
+    response_code: Option<String>,
+}
+
+/// Snowflake's error body (`{"code": "390144", "message": "JWT token is invalid.", ...}`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ErrorBody {
+    code: Option<serde_json::Value>,
+    message: Option<String>,
 }
 
 /// Snowpipe REST client.
@@ -412,6 +600,11 @@ struct InsertFile<'a> {
     path: &'a str,
 }
 
+/// Time as Snowflake's REST API writes it: ISO 8601 UTC with milliseconds.
+pub fn snowflake_time(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 impl Snowpipe {
     /// A client for `config`.
     pub fn new(config: SnowpipeConfig) -> Snowpipe {
@@ -422,68 +615,182 @@ impl Snowpipe {
         Snowpipe { config, http }
     }
 
-    /// Tells `table`'s pipe about `paths` (relative to the Snowflake stage), retrying
-    /// transient failures with backoff.
-    pub async fn insert_files(&self, table: Table, paths: &[String]) -> Result<(), NotifyError> {
+    /// The configuration.
+    pub fn config(&self) -> &SnowpipeConfig {
+        &self.config
+    }
+
+    /// Tells `table`'s pipe about `paths` (relative to the Snowflake stage; at most 5,000),
+    /// with up to `SNOWFLAKE_NOTIFY_ATTEMPTS` attempts and backoff for retryable failures.
+    /// `Ok` means Snowpipe queued them, not that they are loaded.
+    pub async fn insert_files(&self, table: Table, paths: &[String]) -> Result<(), SnowpipeError> {
         let pipe = self.config.pipe_for(table);
         let body = InsertFiles {
             files: paths.iter().map(|path| InsertFile { path }).collect(),
         };
-        let mut last_reason = String::new();
-        for attempt in 1..=self.config.attempts {
-            let request_id = uuid::Uuid::now_v7();
-            let url = format!(
-                "{}/v1/data/pipes/{}/insertFiles?requestId={request_id}",
-                self.config.base_url, pipe
-            );
-            let token = match key_pair_jwt(
-                &self.config.account,
-                &self.config.user,
-                &self.config.key,
-                chrono::Utc::now().timestamp(),
-            ) {
-                Ok(token) => token,
-                Err(err) => {
-                    return Err(NotifyError {
-                        pipe,
-                        attempts: attempt,
-                        reason: format!("cannot sign jwt: {err}"),
-                    })
-                }
-            };
-            let response = self
-                .http
-                .post(&url)
-                .bearer_auth(token)
-                .header("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT")
-                .header("Accept", "application/json")
-                .json(&body)
-                .send()
-                .await;
-            match response {
-                Ok(response) if response.status().is_success() => {
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = self
+                .call::<InsertFilesAnswer>(Endpoint::InsertFiles, &pipe, &[], Some(&body))
+                .await
+                .and_then(|answer| match answer.response_code.as_deref() {
+                    Some("SUCCESS") => Ok(()),
+                    other => Err(SnowpipeError::Answer {
+                        endpoint: Endpoint::InsertFiles,
+                        pipe: pipe.clone(),
+                        detail: format!("responseCode {}", other.unwrap_or("missing")),
+                    }),
+                });
+            match outcome {
+                Ok(()) => {
                     tracing::info!(pipe = %pipe, files = paths.len(), "snowpipe notified");
                     return Ok(());
                 }
-                Ok(response) => {
-                    let status = response.status();
-                    last_reason = format!("http {status}");
-                    if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408
-                    {
-                        break;
-                    }
+                Err(err) if err.is_retryable() && attempt < self.config.attempts => {
+                    let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6)));
+                    tracing::warn!(pipe = %pipe, attempt, error = %err, "snowpipe notification failed, retrying");
+                    tokio::time::sleep(backoff).await;
                 }
-                Err(err) => last_reason = err.to_string(),
+                Err(err) => return Err(err),
             }
-            let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6)));
-            tracing::warn!(pipe = %pipe, attempt, reason = %last_reason, "snowpipe notification failed, retrying");
-            tokio::time::sleep(backoff).await;
         }
-        Err(NotifyError {
+    }
+
+    /// `insertReport` of `table`'s pipe from `begin_mark` (none: every event Snowflake still
+    /// keeps, the last 10 minutes).
+    pub async fn insert_report(
+        &self,
+        table: Table,
+        begin_mark: Option<&str>,
+    ) -> Result<InsertReport, SnowpipeError> {
+        let pipe = self.config.pipe_for(table);
+        let mut query = Vec::new();
+        if let Some(mark) = begin_mark {
+            query.push(("beginMark", mark.to_string()));
+        }
+        self.call(Endpoint::InsertReport, &pipe, &query, None).await
+    }
+
+    /// One page of `loadHistoryScan` of `table`'s pipe for `start..end` (Snowflake's clock).
+    pub async fn load_history_scan(
+        &self,
+        table: Table,
+        start: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+    ) -> Result<LoadHistory, SnowpipeError> {
+        self.load_history_page(table, &snowflake_time(start), &snowflake_time(end))
+            .await
+    }
+
+    /// One page of `loadHistoryScan` with the times as Snowflake wrote them (paging goes on
+    /// from an answer's `rangeEndTime`).
+    pub async fn load_history_page(
+        &self,
+        table: Table,
+        start: &str,
+        end: &str,
+    ) -> Result<LoadHistory, SnowpipeError> {
+        let pipe = self.config.pipe_for(table);
+        let query = [
+            ("startTimeInclusive", start.to_string()),
+            ("endTimeExclusive", end.to_string()),
+        ];
+        self.call(Endpoint::LoadHistoryScan, &pipe, &query, None)
+            .await
+    }
+
+    /// One authenticated call: POST with `body`, else GET; the answer parsed as `T`.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        pipe: &str,
+        query: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> Result<T, SnowpipeError> {
+        let url = format!(
+            "{}/v1/data/pipes/{}/{}",
+            self.config.base_url,
             pipe,
-            attempts: self.config.attempts,
-            reason: last_reason,
+            endpoint.as_str()
+        );
+        let mut url = url::Url::parse(&url).map_err(|err| SnowpipeError::Answer {
+            endpoint,
+            pipe: pipe.to_string(),
+            detail: format!("bad url: {err}"),
+        })?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair("requestId", &uuid::Uuid::now_v7().to_string());
+            for (name, value) in query {
+                pairs.append_pair(name, value);
+            }
+        }
+        let token = key_pair_jwt(
+            &self.config.account,
+            &self.config.user,
+            &self.config.key,
+            chrono::Utc::now().timestamp(),
+        )
+        .map_err(SnowpipeError::Sign)?;
+        let request = match body {
+            Some(body) => self
+                .http
+                .post(url)
+                .header("Content-Type", "application/json")
+                .body(body.to_vec()),
+            None => self.http.get(url),
+        };
+        let request_error = |source| SnowpipeError::Request {
+            endpoint,
+            pipe: pipe.to_string(),
+            source,
+        };
+        let response = request
+            .bearer_auth(token)
+            .header("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT")
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(request_error)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(request_error)?;
+        if !status.is_success() {
+            let reason = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|body| {
+                    let code = body.code.map(|code| match code {
+                        serde_json::Value::String(code) => code,
+                        other => other.to_string(),
+                    });
+                    match (code, body.message) {
+                        (Some(code), Some(message)) => format!("{code} {message}"),
+                        (None, Some(message)) => message,
+                        (Some(code), None) => code,
+                        (None, None) => String::new(),
+                    }
+                })
+                .unwrap_or_default();
+            return Err(SnowpipeError::Status {
+                endpoint,
+                pipe: pipe.to_string(),
+                status: status.as_u16(),
+                reason: truncate(&reason, 200),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|err| SnowpipeError::Answer {
+            endpoint,
+            pipe: pipe.to_string(),
+            detail: err.to_string(),
         })
+    }
+}
+
+/// `text` cut to at most `max` characters.
+pub fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => format!("{}...", &text[..index]),
+        None => text.to_string(),
     }
 }
 

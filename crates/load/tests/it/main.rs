@@ -12,3 +12,4 @@ mod replay;
 mod replicas;
 mod s3;
 mod snowflake;
+mod verify;

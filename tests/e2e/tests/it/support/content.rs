@@ -119,6 +119,7 @@ pub fn check(enriched: &Enriched, files: &[Result<FileRows, String>]) -> Content
             let expected_seqs: BTreeSet<u64> = enriched
                 .events
                 .range(first..=last)
+                .filter(|(_, entry)| entry.rows[Table::Calls.index()] > 0)
                 .map(|(seq, _)| *seq)
                 .collect();
             let mut seen = BTreeMap::<u64, usize>::new();
@@ -254,28 +255,44 @@ pub fn check(enriched: &Enriched, files: &[Result<FileRows, String>]) -> Content
             }
         }
     }
-    // Every call event of the stream lies in a `calls` range.
-    let mut covered: Vec<(u64, u64)> = Vec::new();
-    for &(first, last) in per_table.get("calls").into_iter().flatten() {
-        match covered.last_mut() {
-            Some(merged) if first <= merged.1.saturating_add(1) => merged.1 = merged.1.max(last),
-            _ => covered.push((first, last)),
+    // Every loadable event of the stream lies in a range of each table it has rows in.
+    let covered: BTreeMap<&String, Vec<(u64, u64)>> = per_table
+        .iter()
+        .map(|(table, ranges)| {
+            let mut merged: Vec<(u64, u64)> = Vec::new();
+            for &(first, last) in ranges {
+                match merged.last_mut() {
+                    Some(range) if first <= range.1.saturating_add(1) => {
+                        range.1 = range.1.max(last)
+                    }
+                    _ => merged.push((first, last)),
+                }
+            }
+            (table, merged)
+        })
+        .collect();
+    let mut uncovered: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
+    for (seq, entry) in &enriched.events {
+        for table in Table::ALL {
+            if entry.rows[table.index()] == 0 {
+                continue;
+            }
+            let ranges = covered
+                .get(&table.name().to_string())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let index = ranges.partition_point(|(first, _)| first <= seq);
+            if index == 0 || ranges[index - 1].1 < *seq {
+                uncovered.entry(table.name()).or_default().push(*seq);
+            }
         }
     }
-    let uncovered: Vec<u64> = enriched
-        .events
-        .keys()
-        .filter(|seq| {
-            let index = covered.partition_point(|(first, _)| first <= seq);
-            index == 0 || covered[index - 1].1 < **seq
-        })
-        .copied()
-        .collect();
-    if !uncovered.is_empty() {
+    for (table, seqs) in uncovered {
         report.problems.push(format!(
-            "{} call events of GONG_ENRICHED lie in no calls file's range: seqs {}",
-            uncovered.len(),
-            short(&uncovered)
+            "{} events of GONG_ENRICHED with rows in {table} lie in no {table} file's range: \
+             seqs {}",
+            seqs.len(),
+            short(&seqs)
         ));
     }
     report

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use futures::{StreamExt, TryStreamExt};
-use gong_common::event::EnrichedEvent;
 use gong_common::names;
-use gong_load::rows::{append_event, TableSet};
+use gong_load::range_writer::{decode, Decoded};
+use gong_load::rows::{append_entity, TableSet};
 use gong_load::schema::Table;
 
-/// One enriched call event as the stream holds it.
+/// One loadable enriched event (a call, a user, a scorecard) as the stream holds it.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Its `event_id`.
@@ -25,12 +25,13 @@ pub struct Entry {
 /// GONG_ENRICHED at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Enriched {
-    /// Loadable events on `gong.enriched.call`, by stream sequence.
+    /// Loadable events, by stream sequence (decoded by subject with gong-load's own
+    /// `range_writer::decode`).
     pub events: BTreeMap<u64, Entry>,
     /// Sequences of messages gong-load cannot load (it would dead-letter them).
     pub poison: Vec<u64>,
-    /// Messages on other subjects.
-    pub other_subjects: usize,
+    /// Messages on subjects gong-load has no tables for (acknowledged without rows).
+    pub ignored: usize,
     /// The stream's last sequence when it was read.
     pub last_sequence: u64,
 }
@@ -68,7 +69,8 @@ where
 }
 
 /// Reads every message of GONG_ENRICHED from the stream leader, one `STREAM.MSG.GET` per
-/// sequence (16 in flight), and works out each event's rows with gong-load's own row builder.
+/// sequence (16 in flight), and works out each event's rows with gong-load's own decoding and
+/// row builder.
 pub async fn read_enriched(jetstream: &jetstream::Context) -> Result<Enriched, String> {
     let state = retried("GONG_ENRICHED info", || async {
         let mut stream = jetstream
@@ -113,14 +115,10 @@ pub async fn read_enriched(jetstream: &jetstream::Context) -> Result<Enriched, S
     };
     for (seq, message) in messages {
         let Some(message) = message else { continue };
-        if message.subject.as_str() != names::SUBJECT_ENRICHED_CALL {
-            enriched.other_subjects += 1;
-            continue;
-        }
-        match EnrichedEvent::from_json(&message.payload) {
-            Ok(event) if event.call_id().is_some_and(|id| !id.is_empty()) => {
+        match decode(message.subject.as_str(), &message.payload) {
+            Decoded::Entity(entity) => {
                 let mut tables = TableSet::default();
-                append_event(&mut tables, &event, seq);
+                append_entity(&mut tables, &entity, seq);
                 let mut rows = [0usize; Table::COUNT];
                 for table in Table::ALL {
                     rows[table.index()] = tables.get_mut(table).len();
@@ -128,12 +126,13 @@ pub async fn read_enriched(jetstream: &jetstream::Context) -> Result<Enriched, S
                 enriched.events.insert(
                     seq,
                     Entry {
-                        event_id: event.event_id.clone(),
+                        event_id: entity.event_id().to_string(),
                         rows,
                     },
                 );
             }
-            _ => enriched.poison.push(seq),
+            Decoded::Ignored => enriched.ignored += 1,
+            Decoded::Poison { .. } => enriched.poison.push(seq),
         }
     }
     enriched.poison.sort_unstable();

@@ -741,3 +741,140 @@ fn load_history_scan(
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::TestKey;
+
+    fn token(key: &TestKey, issuer_fingerprint: &str) -> String {
+        let now = Utc::now().timestamp();
+        key.sign(&KeyPairClaims {
+            iss: format!("XY12345.LOADER.{issuer_fingerprint}"),
+            sub: "XY12345.LOADER".to_string(),
+            iat: now,
+            exp: now + 3000,
+        })
+    }
+
+    async fn call(
+        double: &SnowpipeDouble,
+        token: &str,
+        method: &str,
+        rest: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}/v1/data/pipes/DB.S.P/{rest}", double.url());
+        let client = reqwest::Client::new();
+        let request = match method {
+            "POST" => client.post(url).json(&body.unwrap_or(Value::Null)),
+            _ => client.get(url),
+        };
+        let response = request
+            .bearer_auth(token)
+            .header("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn answers_like_snowpipe_behind_the_key_pair_jwt() {
+        let key = TestKey::snowflake();
+        let double = SnowpipeDouble::start("xy12345.us-east-1", "loader", key.public_pem()).await;
+        let good = token(&key, &public_key_fingerprint(key.public_pem()));
+
+        // Another key, or the right key with another fingerprint in iss: 401.
+        let other = TestKey::rule_a();
+        let wrong_key = token(&other, &public_key_fingerprint(key.public_pem()));
+        let wrong_iss = token(&key, &public_key_fingerprint(other.public_pem()));
+        for bad in [&wrong_key, &wrong_iss] {
+            let (status, body) = call(&double, bad, "GET", "insertReport", None).await;
+            assert_eq!(status, 401);
+            assert_eq!(body["code"], "390144");
+        }
+
+        double.set_outcome("a/", Outcome::loaded().in_progress_first());
+        double.set_outcome("b/", Outcome::partially_loaded().missed_by_report());
+        let files = json!({"files": [{"path": "a/1.parquet"}, {"path": "b/2.parquet"}]});
+        let (status, body) = call(
+            &double,
+            &good,
+            "POST",
+            "insertFiles?requestId=r1",
+            Some(files),
+        )
+        .await;
+        assert_eq!(
+            (status, body["responseCode"].as_str()),
+            (200, Some("SUCCESS"))
+        );
+
+        // b's event is missing from the report, which says so; a is in progress.
+        let (_, report) = call(&double, &good, "GET", "insertReport", None).await;
+        assert_eq!(report["completeResult"], false);
+        let listed: Vec<&str> = report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, ["LOAD_IN_PROGRESS"]);
+        let mark = report["nextBeginMark"].as_str().unwrap().to_string();
+        // From the mark: a's final event, nothing missed any more.
+        let (_, report) = call(
+            &double,
+            &good,
+            "GET",
+            &format!("insertReport?beginMark={mark}"),
+            None,
+        )
+        .await;
+        assert_eq!(report["completeResult"], true, "{report}");
+        assert_eq!(report["files"][0]["status"], "LOADED");
+        assert_eq!(report["files"][0]["path"], "a/1.parquet");
+
+        // The load history has both, one per page, paged from rangeEndTime.
+        double.set_history_page_size(1);
+        let start = time_text(Utc::now() - chrono::Duration::minutes(5));
+        let end = time_text(Utc::now() + chrono::Duration::minutes(1));
+        let (_, page) = call(
+            &double,
+            &good,
+            "GET",
+            &format!("loadHistoryScan?startTimeInclusive={start}&endTimeExclusive={end}"),
+            None,
+        )
+        .await;
+        assert_eq!(page["completeResult"], false);
+        assert_eq!(page["files"][0]["status"], "PARTIALLY_LOADED");
+        assert_eq!(page["rangeStartTime"], page["rangeEndTime"]);
+        double.set_history_page_size(10);
+        let next = page["rangeEndTime"].as_str().unwrap();
+        let (_, page) = call(
+            &double,
+            &good,
+            "GET",
+            &format!("loadHistoryScan?startTimeInclusive={next}&endTimeExclusive={end}"),
+            None,
+        )
+        .await;
+        assert_eq!(page["completeResult"], true);
+        let statuses: Vec<&str> = page["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["PARTIALLY_LOADED", "LOADED"]);
+
+        // Events older than the retention are gone: a mark before them is incomplete.
+        double.set_report_retention(Duration::ZERO);
+        let (_, report) = call(&double, &good, "GET", "insertReport?beginMark=1_1", None).await;
+        assert_eq!(report["completeResult"], false);
+        assert!(report["files"].as_array().unwrap().is_empty());
+        assert_eq!(double.count("insertReport", 401), 2);
+    }
+}

@@ -17,6 +17,8 @@ fn help_lists_the_configuration_and_subcommands() {
         "replay",
         "inspect",
         "snowflake-sql",
+        "snowflake-status",
+        "SNOWFLAKE_VERIFY_TIMEOUT",
     ] {
         assert!(text.contains(word), "{word} missing from --help:\n{text}");
     }

@@ -9,6 +9,7 @@ mod support;
 
 mod chaos;
 mod cluster;
+mod fresh_cluster;
 mod metrics_contract;
 mod nats_outage;
 mod production;

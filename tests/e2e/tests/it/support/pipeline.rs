@@ -87,6 +87,16 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
 impl Pipeline {
     /// Starts the Gong double, then ingest, enrich and load (each ready before the next).
     pub async fn start(options: Options) -> Pipeline {
+        Pipeline::launch(options, true).await
+    }
+
+    /// Starts the Gong double and every stage process at once, without waiting for any to be
+    /// ready (as an operator applying the manifests would).
+    pub async fn spawn(options: Options) -> Pipeline {
+        Pipeline::launch(options, false).await
+    }
+
+    async fn launch(options: Options, wait_ready: bool) -> Pipeline {
         let dir = tempfile::Builder::new()
             .prefix("gong-e2e-")
             .tempdir()
@@ -149,10 +159,10 @@ impl Pipeline {
             ),
             ("LOAD_FLUSH_MAX_AGE", "1s".to_string()),
             ("LOAD_FLUSH_MAX_ROWS", "200".to_string()),
-            // A SIGKILLed loader's messages come back after this; its pending range is taken
-            // over once older than the takeover delay.
+            // A SIGKILLed loader's messages come back after this; a standby takes the load
+            // lease once the dead holder has not renewed it for the lease ttl.
             ("LOAD_ACK_WAIT", "4s".to_string()),
-            ("LOAD_RANGE_TAKEOVER_AFTER", "2s".to_string()),
+            ("LOAD_LEASE_TTL", "2s".to_string()),
             ("LOAD_RETRY_MAX_BACKOFF", "1s".to_string()),
             ("LOAD_SHUTDOWN_GRACE", "5s".to_string()),
         ]));
@@ -178,9 +188,15 @@ impl Pipeline {
         let mut ingest = Service::new(Kind::Ingest, dir.path(), ingest_env);
         let mut enrichers = replicas(Kind::Enrich, options.enrich_replicas, &enrich_env);
         let mut loaders = replicas(Kind::Load, options.load_replicas, &load_env);
-        ingest.start().await;
-        for service in enrichers.iter_mut().chain(loaders.iter_mut()) {
-            service.start().await;
+        for service in std::iter::once(&mut ingest)
+            .chain(enrichers.iter_mut())
+            .chain(loaders.iter_mut())
+        {
+            if wait_ready {
+                service.start().await;
+            } else {
+                service.spawn();
+            }
         }
         Pipeline {
             dir,

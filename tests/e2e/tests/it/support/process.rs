@@ -124,7 +124,8 @@ impl Service {
         self.child.as_ref().map(Child::id)
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process without waiting for it to be ready.
+    pub fn spawn(&mut self) {
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -40,8 +40,10 @@
 //! slot is left unused and another one is taken.
 //!
 //! A request may go only when the `rate`-th newest request is at least one second plus the margin
-//! old. [`Priority::Backfill`] (replays) only takes a slot when one stays free for live
-//! enrichment in the current window, and stops at the daily quota minus a reserve.
+//! old. [`Priority::Backfill`] (replays, the sweep, transcript rechecks, enrichment of batches
+//! holding only swept calls) only takes a slot when two stay free for live enrichment in the
+//! current window (one when the rate is 2: a live batch's two requests, extensive then
+//! transcript, then never wait for backfill work), and stops at the daily quota minus a reserve.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,7 +74,8 @@ const CLOCK_WARN_MS: i64 = 2_000;
 pub enum Priority {
     /// Live enrichment: every slot, up to the full daily quota.
     Live,
-    /// Replays: leaves one slot per window and the daily reserve to live enrichment.
+    /// Replays, sweeps, rechecks: leaves two slots per window (one at a rate of 2) and the daily
+    /// reserve to live enrichment.
     Backfill,
 }
 
@@ -473,8 +476,9 @@ impl RateLimiter {
         let rate = self.config.rate_per_second.max(1) as usize;
         match priority {
             Priority::Live => rate,
-            // Leave a slot for live enrichment; with a rate of 1 there is nothing to leave.
-            Priority::Backfill => (rate - 1).max(1),
+            // Leave a live batch's two requests (extensive, transcript) free; at a rate of 2
+            // one, at a rate of 1 nothing (docs/benchmarks.md, "Sweep").
+            Priority::Backfill => rate.saturating_sub(2).max(1),
         }
     }
 

@@ -3,7 +3,7 @@
 //! An ordered (ephemeral, unacknowledged) consumer starts at a sequence or a time; the range is
 //! the `num_pending` the consumer reports at creation (what the stream holds at start), cut
 //! short by `--until`. Events are enriched in batches under the same shared quota as live
-//! enrichment but with [`Priority::Backfill`] (one slot per window and the daily reserve are
+//! enrichment but with [`Priority::Backfill`] (two slots per window and the daily reserve are
 //! left to live), and published with a new `event_id` (SHA-256 of raw event id and run id),
 //! `replay_run_id` and the `Gong-Replay-Run` header, so downstream can tell them apart. Nothing
 //! is acked or dead-lettered: the raw stream is only read.

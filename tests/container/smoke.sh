@@ -13,6 +13,9 @@
 #   and simulator, the dev overlay's file:///stage on a mounted directory). Signed webhooks in,
 #   Parquet out on the mounted stage, /readyz and /metrics answered by the processes inside the
 #   containers, JSON logs without secrets, and exit code 0 after `podman stop` (SIGTERM to PID 1).
+# - The operator commands as docs/operations.md and deploy/k8s/jobs run them: `gong-ingest dlq
+#   list` by exec in the running container, and both replay Jobs as one-shot containers (a deleted
+#   stage comes back byte for byte).
 #
 # Needs podman and runc (scripts/setup.sh --test), root, nats-server, curl, and gong-sim
 # (GONG_SIM, default target/debug/gong-sim: `cargo build -p gong-testkit --bin gong-sim`).
@@ -158,6 +161,16 @@ ACCESS_SECRET="smoke-secret-$$-do-not-log"
 "$SIM" serve --addr "127.0.0.1:$SIM_PORT" --access-key "$ACCESS_KEY" --access-key-secret "$ACCESS_SECRET" \
   >"$work/logs/gong-sim.log" 2>&1 &
 PIDS+=($!)
+
+wait_port() { # name port
+  local deadline=$((SECONDS + 30))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "$1 listens on 127.0.0.1:$2" "$(tail -n 20 "$work/logs/$1.log")"
+    sleep 0.1
+  done
+}
+wait_port nats "$NATS_PORT"
+wait_port gong-sim "$SIM_PORT"
 
 # --- environment: the ConfigMap (config.env) with test values, plus each Deployment's secrets -----
 render_env() { # out-file KEY=VALUE...

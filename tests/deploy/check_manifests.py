@@ -506,7 +506,7 @@ def check_autoscaling(c: Checker, overlay: str, docs: list[dict], deployments: d
             )
 
     scaled = {doc["spec"]["scaleTargetRef"]["name"]: doc for doc in by_kind(docs, "ScaledObject")}
-    triggers_wanted = {"gong-enrich": ("GONG_RAW", "enrich"), "gong-load": ("GONG_ENRICHED", "load")}
+    triggers_wanted = {"gong-enrich": ("GONG_RAW", "enrich")}
     for name, (stream, consumer) in triggers_wanted.items():
         obj = scaled.get(name)
         problems = []
@@ -537,6 +537,18 @@ def check_autoscaling(c: Checker, overlay: str, docs: list[dict], deployments: d
             if floor is not None and low != floor:
                 problems.append(f"minReplicaCount {low}, want {floor}")
         c.problems(f"{overlay}: KEDA ScaledObject for {name} on {stream}/{consumer}", problems)
+
+    # gong-load is one active loader (lease holder) plus standbys: a fixed count, never scaled on
+    # lag (more loaders add no throughput).
+    load_replicas = deployments.get("gong-load", {}).get("spec", {}).get("replicas")
+    want_load = {"prod": 2, "dev": 1}.get(overlay)
+    c.check(
+        f"{overlay}: gong-load has a fixed replica count (active loader + standbys), no scaler",
+        "gong-load" not in scaled
+        and isinstance(load_replicas, int)
+        and (want_load is None or load_replicas == want_load),
+        f"replicas={load_replicas}, scaled={'gong-load' in scaled}",
+    )
 
     # Autoscaled Deployments carry no replica count (kubectl apply would reset the scaler's).
     targets = {"gong-ingest"} | set(scaled)

@@ -67,6 +67,9 @@ cargo test --workspace --locked
 step "interop: PyJWT-signed webhooks, nats-py reading GONG_RAW, pyarrow and DuckDB reading the stage"
 python3 tests/interop/check_interop.py
 
+step "snowflake: setup.sql in fakesnow, a gong-load stage loaded twice, docs/analytics.md answers"
+tests/snowflake/check.sh
+
 step "the README's run command, once"
 scripts/run-local.sh --once --count 200 --dir target/run-local
 

@@ -13,11 +13,14 @@
 //! Every raw event taken is recorded in the index of calls seen ([`crate::seen`]) while Gong is
 //! asked about its batch, so the sweep does not inject it again. Calls the sweep injected carry
 //! the listing's extensive data: only their transcripts are asked for, and a batch holding
-//! nothing else asks at backfill priority (live webhooks first). A public call whose
+//! nothing else asks at backfill priority (live webhooks first) and is processed beside the loop
+//! (at most [`SWEPT_BATCHES_IN_FLIGHT`] at once), so the webhooks pulled next never wait for its
+//! quota slot. A public call whose
 //! transcript Gong does not have yet is recorded for a recheck ([`crate::rechecks`]) before its
 //! raw event is acknowledged.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, message::AckKind};
@@ -38,6 +41,10 @@ use crate::pipeline::{self, MalformedAnswers, RawEvent, Verdict};
 use crate::rate_limit::Priority;
 use crate::rechecks::{PendingRecheck, Rechecks};
 use crate::seen::{SeenIndex, SeenRecord};
+
+/// Batches holding only swept calls processed beside the loop at once; beyond it the loop waits
+/// for one to finish (the sweep's own pacing keeps it far from this).
+const SWEPT_BATCHES_IN_FLIGHT: usize = 2;
 
 /// Everything the loop needs.
 pub(crate) struct Worker {
@@ -83,12 +90,14 @@ pub(crate) async fn ensure_consumer(
 
 /// Runs until `shutdown`: finishes the batch in hand (within the grace period), then returns.
 pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(), EnrichError> {
+    let worker = Arc::new(worker);
     let _pending = AbortOnDropHandle::new(tokio::spawn(refresh_pending(
         worker.consumer.clone(),
         worker.config.pending_refresh,
     )));
-    // Malformed answers per raw event; only this loop reads or writes them.
-    let mut malformed = MalformedAnswers::default();
+    // Malformed answers per raw event; this loop and its swept batches read and write them.
+    let malformed = Arc::new(Mutex::new(MalformedAnswers::default()));
+    let mut swept_batches: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut quota_warned = false;
     let mut auth_pause_until: Option<Instant> = None;
     let pacing = Pacing::from_config(&worker.config);
@@ -180,18 +189,22 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
         }
         metrics::batch_size(messages.len());
 
-        let grace = worker.config.shutdown_grace;
-        let deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        };
-        let report = tokio::select! {
-            report = process_batch(&worker, &mut malformed, &messages) => report,
-            _ = deadline => {
-                tracing::warn!(held = messages.len(), "shutdown grace elapsed; handing the batch back");
-                hand_back(&messages).await;
-                break;
+        if is_swept_only(&messages) {
+            // Backfill priority may wait for a quota slot: beside the loop, so the webhooks
+            // pulled next do not wait behind it.
+            while swept_batches.len() >= SWEPT_BATCHES_IN_FLIGHT {
+                swept_batches.join_next().await;
             }
+            let (worker, malformed, shutdown) =
+                (worker.clone(), malformed.clone(), shutdown.clone());
+            swept_batches.spawn(async move {
+                let _ = process_within_grace(&worker, &malformed, &messages, &shutdown).await;
+            });
+            continue;
+        }
+        let Some(report) = process_within_grace(&worker, &malformed, &messages, &shutdown).await
+        else {
+            break;
         };
         if report.auth_fault {
             auth_pause_until = Some(Instant::now() + worker.config.auth_retry_delay);
@@ -199,8 +212,44 @@ pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) -> Result<(
             auth_pause_until = None;
         }
     }
+    // Swept batches in hand finish (or are handed back) within the same grace.
+    while swept_batches.join_next().await.is_some() {}
     tracing::info!("gong-enrich stopped");
     Ok(())
+}
+
+/// True when every message of the batch is a call the sweep injected.
+fn is_swept_only(messages: &[jetstream::Message]) -> bool {
+    messages.iter().all(|message| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|map| map.get(gong_common::names::headers::SOURCE))
+            .is_some_and(|value| value.as_str() == gong_common::names::headers::SOURCE_SWEEP)
+    })
+}
+
+/// Processes a batch; once shutdown is requested it gets `ENRICH_SHUTDOWN_GRACE`, then what is
+/// left is handed back (`None`).
+async fn process_within_grace(
+    worker: &Worker,
+    malformed: &Mutex<MalformedAnswers>,
+    messages: &[jetstream::Message],
+    shutdown: &CancellationToken,
+) -> Option<BatchReport> {
+    let grace = worker.config.shutdown_grace;
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        report = process_batch(worker, malformed, messages) => Some(report),
+        _ = deadline => {
+            tracing::warn!(held = messages.len(), "shutdown grace elapsed; handing the batch back");
+            hand_back(messages).await;
+            None
+        }
+    }
 }
 
 async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) {
@@ -375,7 +424,7 @@ fn decide(config: &EnrichConfig, event: &RawEvent, verdict: Verdict, malformed: 
 
 async fn process_batch(
     worker: &Worker,
-    malformed: &mut MalformedAnswers,
+    malformed: &Mutex<MalformedAnswers>,
     messages: &[jetstream::Message],
 ) -> BatchReport {
     let events: Vec<RawEvent> = messages.iter().map(RawEvent::from_message).collect();
@@ -431,7 +480,10 @@ async fn process_batch(
             auth_detail = Some(detail.clone());
         }
         let answers = match &verdict {
-            Verdict::Malformed { .. } => malformed.record(event.stream_seq),
+            Verdict::Malformed { .. } => malformed
+                .lock()
+                .map(|mut answers| answers.record(event.stream_seq))
+                .unwrap_or(1),
             _ => 0,
         };
         match decide(&worker.config, event, verdict, answers) {
@@ -479,7 +531,9 @@ async fn process_batch(
             Outcome::Poison { .. } => dead_lettered += 1,
         }
         if !matches!(outcome, Outcome::Retry { .. }) {
-            malformed.forget(events[index].stream_seq);
+            if let Ok(mut answers) = malformed.lock() {
+                answers.forget(events[index].stream_seq);
+            }
         }
         if let Err(err) = settle(&worker.jetstream, Stage::Enrich, &messages[index], outcome).await
         {

@@ -478,3 +478,45 @@ async fn a_late_transcript_arrives_after_a_recheck() {
     assert_eq!(per_call, 1);
     assert!(rechecks.pending().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_webhook_is_not_held_behind_a_batch_of_swept_calls() {
+    let harness = Harness::start(50, 100_000).await;
+    let mut env = harness.env(50);
+    env.set("ENRICH_HTTP_TIMEOUT", "60s");
+    let start = Utc::now() - chrono::Duration::days(2);
+    let swept = history(&harness, 3_900_000_000, 10, start);
+    let summary = sweep(
+        &harness,
+        &env,
+        options(start, start + chrono::Duration::hours(1)),
+    )
+    .await;
+    assert_eq!(summary.injected, 10);
+    // The swept batch's transcript request is the enricher's first: Gong answers it slowly.
+    harness.gong.set_fault(
+        gong_testkit::gong_double::Fault::Slow(std::time::Duration::from_secs(20)),
+        1,
+    );
+    let _enricher = harness.enricher(harness.config(&env)).await;
+    wait_until(TIMEOUT, "the swept batch's request in flight", || async {
+        (harness.gong.stats().in_flight >= 1).then_some(())
+    })
+    .await;
+    harness.publish_raw("3900000099").await;
+    harness.wait_enriched(1).await;
+    let enriched = harness.enriched().await;
+    assert_eq!(
+        enriched[0].1.call_id(),
+        Some("3900000099"),
+        "the webhook went first"
+    );
+    assert_eq!(
+        harness.gong.stats().in_flight,
+        1,
+        "the swept batch still waits for Gong"
+    );
+    harness.wait_enriched(11).await;
+    let enriched = by_call_id(&harness.enriched().await);
+    assert!(swept.iter().all(|call_id| enriched.contains_key(call_id)));
+}

@@ -74,8 +74,8 @@ pub struct SweepConfig {
     /// resumed) after it.
     pub lease_ttl: Duration,
     /// `ENRICH_SWEEP_MAX_BACKLOG` (default `ENRICH_BATCH_SIZE`): the sweep lists its next page
-    /// only while fewer raw events than this wait for the `enrich` consumer, so webhooks queue
-    /// behind at most about one batch of swept calls.
+    /// only while fewer raw events than this wait for the `enrich` consumer or are being
+    /// enriched, so webhooks queue behind at most about one batch of swept calls.
     pub max_backlog: u64,
 }
 

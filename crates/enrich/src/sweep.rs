@@ -28,8 +28,8 @@
 //! loses its compare-and-set means another process took over: this one stops.
 //!
 //! **Pacing.** Before each page the sweep waits until fewer than `ENRICH_SWEEP_MAX_BACKLOG` raw
-//! events wait for the `enrich` consumer, so webhooks queue behind about one batch of swept
-//! calls, not behind the whole history.
+//! events wait for the `enrich` consumer or are being enriched, so webhooks queue behind about
+//! one batch of swept calls, not behind the whole history.
 //!
 //! **Continuous mode** (`ENRICH_SWEEP_INTERVAL`, `ENRICH_SWEEP_LOOKBACK`): every replica looks
 //! every `interval / 12` (1 s to 5 min) whether a sweep is due; the one that gets the lease
@@ -517,13 +517,15 @@ impl Sweeper {
         }
     }
 
-    /// Waits while `max_backlog` or more raw events wait for the `enrich` consumer.
+    /// Waits while `max_backlog` or more raw events wait for the `enrich` consumer or are being
+    /// enriched (delivered, not yet acknowledged): the next page is listed once the enricher is
+    /// done with the last one, so swept batches never pile up.
     async fn wait_for_backlog(&self, shutdown: &CancellationToken) -> Result<(), EnrichError> {
         let mut last_log: Option<Instant> = None;
         loop {
             let pending = match self.jetstream.get_stream(names::STREAM_RAW).await {
                 Ok(stream) => match stream.consumer_info(names::CONSUMER_ENRICH).await {
-                    Ok(info) => info.num_pending,
+                    Ok(info) => info.num_pending + info.num_ack_pending as u64,
                     // No enricher ever ran: nothing to pace against.
                     Err(_) => return Ok(()),
                 },

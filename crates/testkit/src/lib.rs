@@ -6,12 +6,14 @@
 //! - [`s3::MotoServer`]: moto's S3 server on a free port, for stage tests.
 //! - [`wait`]: polling observable state under a timeout (never sleeping for state).
 //! - [`gong_double`]: the Gong REST API double; [`sim`]: it as the `gong-sim serve` server.
+//! - [`proxy::Proxy`]: a TCP proxy switchable down (connections refused, open ones cut) and up.
 //! - [`snowpipe_double`]: the Snowpipe REST API double (key-pair JWT, `insertFiles`,
 //!   `insertReport`, `loadHistoryScan`, scripted load outcomes).
 
 pub mod cluster;
 pub mod gong_double;
 pub mod nats;
+pub mod proxy;
 pub mod s3;
 pub mod sim;
 pub mod snowpipe_double;

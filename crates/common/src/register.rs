@@ -19,6 +19,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -141,22 +142,82 @@ impl Register {
             .map_err(|err| nats_error(err.into()))?;
         match ack.await {
             Ok(ack) => Ok(ack.sequence),
-            Err(err) => {
-                let text = err.to_string();
-                // 10071: wrong last sequence; 10164 (later servers): wrong last subject
-                // sequence. Both mean another write came first.
-                if text.contains("10071")
-                    || text.contains("10164")
-                    || text.to_ascii_lowercase().contains("wrong last")
-                {
-                    Err(RegisterError::Conflict {
-                        key: self.key.clone(),
-                        expected,
-                    })
-                } else {
-                    Err(nats_error(err.into()))
-                }
-            }
+            Err(err) if is_conflict(&err) => Err(RegisterError::Conflict {
+                key: self.key.clone(),
+                expected,
+            }),
+            Err(err) => Err(nats_error(err.into())),
         }
+    }
+}
+
+/// Whether a failed publish means another write came first. async-nats says so by kind for
+/// nats-server's code 10071 (all that 2.9.10 sends); later servers may answer 10164 ("wrong last
+/// sequence" in its constant form), which async-nats 0.51 reports as `Other` with the API error
+/// as its source: matched by that code, and by its text as a last resort.
+fn is_conflict(error: &PublishError) -> bool {
+    if error.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    if error.kind() != PublishErrorKind::Other {
+        return false;
+    }
+    let source = std::error::Error::source(error);
+    if let Some(api) = source.and_then(|source| source.downcast_ref::<jetstream::Error>()) {
+        return api.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT;
+    }
+    let text = source.map(ToString::to_string).unwrap_or_default();
+    text.contains("error code 10164") || text.to_ascii_lowercase().contains("wrong last sequence")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(err_code: u64, description: &str) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": 400,
+            "err_code": err_code,
+            "description": description,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn conflicts_are_told_by_kind_then_by_the_servers_code() {
+        // What async-nats makes of 10071, the only code nats-server 2.9.10 sends.
+        let wrong_last = PublishError::with_source(
+            PublishErrorKind::WrongLastSequence,
+            api_error(10071, "wrong last sequence: 4"),
+        );
+        assert!(is_conflict(&wrong_last));
+        assert!(is_conflict(&PublishError::new(
+            PublishErrorKind::WrongLastSequence
+        )));
+        // A later server's constant form arrives as Other.
+        let constant = PublishError::with_source(
+            PublishErrorKind::Other,
+            api_error(10164, "wrong last sequence: 4"),
+        );
+        assert!(is_conflict(&constant));
+        // Timeouts, other API errors, errors of other kinds: not conflicts, whatever the text.
+        assert!(!is_conflict(&PublishError::new(PublishErrorKind::TimedOut)));
+        let other_api = PublishError::with_source(
+            PublishErrorKind::Other,
+            api_error(10077, "maximum messages exceeded (wrong last sequence?)"),
+        );
+        assert!(!is_conflict(&other_api));
+        let duplicate_id = PublishError::with_source(
+            PublishErrorKind::WrongLastMessageId,
+            api_error(10070, "wrong last msg ID: 1"),
+        );
+        assert!(!is_conflict(&duplicate_id));
+        // No API error to read (another client in between?): the text decides.
+        let text_only = PublishError::with_source(
+            PublishErrorKind::Other,
+            "nats: wrong last sequence: 4 (error code 10164)",
+        );
+        assert!(is_conflict(&text_only));
+        assert!(!is_conflict(&PublishError::new(PublishErrorKind::Other)));
     }
 }

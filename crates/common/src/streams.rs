@@ -349,6 +349,10 @@ pub async fn ensure_pull_consumer(
 /// old server does not send), so the bucket's backing stream is created by hand with the settings
 /// a KV bucket needs, then opened with `get_key_value`.
 ///
+/// An existing bucket has its max age, history (values kept per key) and replicas brought to
+/// the values given, so a redeploy with a longer `SNOWFLAKE_VERIFY_TIMEOUT` or
+/// `STREAM_ENRICHED_MAX_AGE` keeps records as long as the new value says.
+///
 /// The bucket is made **without direct gets** (`allow_direct: false`), and an existing bucket
 /// that has them is updated: with direct gets any replica of an R3 bucket may answer a read,
 /// including a follower that has not yet applied the newest write, and the buckets hold
@@ -388,17 +392,30 @@ pub async fn ensure_kv(
         .await
         .map_err(|err| kv_error(err.into()))?;
     let info = existing.info().await.map_err(|err| kv_error(err.into()))?;
-    if info.config.allow_direct || info.config.num_replicas != config.num_replicas {
-        let mut updated = info.config.clone();
+    let current = &info.config;
+    if current.allow_direct
+        || current.num_replicas != config.num_replicas
+        || current.max_age != config.max_age
+        || current.max_messages_per_subject != config.max_messages_per_subject
+        || current.duplicate_window != config.duplicate_window
+    {
+        let mut updated = current.clone();
         updated.allow_direct = false;
         updated.num_replicas = config.num_replicas;
+        updated.max_age = config.max_age;
+        updated.max_messages_per_subject = config.max_messages_per_subject;
+        // Never longer than the max age (the server refuses that).
+        updated.duplicate_window = config.duplicate_window;
         jetstream
             .update_stream(updated)
             .await
             .map_err(|err| kv_error(err.into()))?;
         tracing::info!(
             bucket,
-            "key-value bucket updated: reads go through the stream leader"
+            max_age_secs = config.max_age.as_secs(),
+            history = config.max_messages_per_subject,
+            replicas = config.num_replicas,
+            "key-value bucket updated to the configured settings; reads go through the stream leader"
         );
     }
     jetstream

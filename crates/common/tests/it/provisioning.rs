@@ -67,6 +67,41 @@ async fn kv_bucket_works_on_the_old_server_with_compare_and_set() {
 }
 
 #[tokio::test]
+async fn an_existing_bucket_takes_the_configured_max_age_and_history() {
+    let nats = NatsServer::start_new();
+    let jetstream = nats.jetstream().await;
+    let settings = StreamSettings::default();
+    let hour = Duration::from_secs(3600);
+    let kv = ensure_kv(&jetstream, "aging", 1, hour, &settings)
+        .await
+        .unwrap();
+    kv.put("key", "kept".into()).await.unwrap();
+    let mut backing = jetstream.get_stream("KV_aging").await.unwrap();
+    assert_eq!(backing.info().await.unwrap().config.max_age, hour);
+
+    // Redeployed with a longer verification timeout (or enriched max age) and more history.
+    let day = Duration::from_secs(24 * 3600);
+    let again = ensure_kv(&jetstream, "aging", 5, day, &settings)
+        .await
+        .unwrap();
+    let config = backing.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, day);
+    assert_eq!(config.max_messages_per_subject, 5);
+    assert!(!config.allow_direct);
+    assert_eq!(again.get("key").await.unwrap().unwrap().as_ref(), b"kept");
+
+    // And back to a max age shorter than the duplicate window it had.
+    let minute = Duration::from_secs(60);
+    ensure_kv(&jetstream, "aging", 1, minute, &settings)
+        .await
+        .unwrap();
+    let config = backing.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, minute);
+    assert_eq!(config.max_messages_per_subject, 1);
+    assert!(config.duplicate_window <= minute);
+}
+
+#[tokio::test]
 async fn a_bucket_made_with_direct_gets_loses_them() {
     let nats = NatsServer::start_new();
     let jetstream = nats.jetstream().await;

@@ -38,17 +38,30 @@ where
 }
 
 /// Accepts a JSON number or a numeric string and keeps it as a float (a measurement Gong documents
-/// as a number; a string that is not a number is refused like any other type error).
+/// as a number; a string that is not a number is refused like any other type error). Only finite
+/// values: `"NaN"`, `"inf"` or `"1e999"` (which Rust's float parsing takes) are refused too,
+/// never stored as NaN or infinity (a FLOAT column would get them, JSON writes them as `null`).
 pub fn number_or_string<'de, D>(deserializer: D) -> Result<Option<f64>, D::Error>
 where
     D: Deserializer<'de>,
 {
     match Option::<Value>::deserialize(deserializer)? {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(number)) => Ok(number.as_f64()),
-        Some(Value::String(text)) => text.trim().parse::<f64>().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!("expected a number, found the string {text:?}"))
-        }),
+        Some(Value::Number(number)) => match number.as_f64() {
+            Some(value) if !value.is_finite() => Err(serde::de::Error::custom(format!(
+                "expected a finite number, found {number}"
+            ))),
+            value => Ok(value),
+        },
+        Some(Value::String(text)) => match text.trim().parse::<f64>() {
+            Ok(value) if value.is_finite() => Ok(Some(value)),
+            Ok(_) => Err(serde::de::Error::custom(format!(
+                "expected a finite number, found the string {text:?}"
+            ))),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "expected a number, found the string {text:?}"
+            ))),
+        },
         Some(other) => Err(serde::de::Error::custom(format!(
             "expected a number, found {}",
             json_kind(&other)
@@ -901,6 +914,29 @@ mod tests {
         assert_eq!(stats[1].value, Some(0.8));
         assert!(interaction.extra.contains_key("video"));
         assert!(Call::default().interaction_measures().is_none());
+    }
+
+    #[test]
+    fn numbers_in_strings_must_be_finite() {
+        let stat = |value: &str| {
+            serde_json::from_str::<InteractionStat>(&format!(r#"{{"name":"x","value":{value}}}"#))
+        };
+        assert_eq!(stat(r#""0.8""#).unwrap().value, Some(0.8));
+        assert_eq!(stat(r#"" -12.5e3 ""#).unwrap().value, Some(-12500.0));
+        assert_eq!(stat("1e308").unwrap().value, Some(1e308));
+        for refused in [
+            r#""NaN""#,
+            r#""nan""#,
+            r#""inf""#,
+            r#""-Infinity""#,
+            r#""1e999""#,
+            r#""-1e400""#,
+            "1e999",
+            r#""abc""#,
+        ] {
+            let error = stat(refused).expect_err(refused);
+            assert!(error.to_string().contains("number"), "{refused}: {error}");
+        }
     }
 
     #[test]

@@ -423,3 +423,76 @@ pub async fn ensure_kv(
         .await
         .map_err(|err| kv_error(err.into()))
 }
+
+/// Listing a bucket's keys failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListKeysError {
+    /// `STREAM.INFO` with a subjects filter failed (NATS unreachable, no leader, an error page).
+    #[error("cannot list the keys of bucket {bucket}: {source}")]
+    Info {
+        /// Bucket name.
+        bucket: String,
+        /// Cause.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The listing (every page) took longer than allowed.
+    #[error("listing the keys of bucket {bucket} timed out after {timeout:?}")]
+    TimedOut {
+        /// Bucket name.
+        bucket: String,
+        /// The time allowed.
+        timeout: Duration,
+    },
+}
+
+/// The keys of KV bucket `bucket` that start with `prefix` (`""`: every key), read from
+/// `stream` (the bucket's backing stream `KV_<bucket>`) with `STREAM.INFO` and a subjects
+/// filter, every page, within `timeout`.
+///
+/// `STREAM.INFO` is answered by the stream leader from what it has applied, so the list holds
+/// every key whose write was acknowledged (a leader elected a moment ago may lag; a leaderless
+/// group's members all answer, each from its own state). `kv::Store::keys` instead reads
+/// through an ordered consumer, which may sit on a follower. A key whose last entry is a
+/// delete or purge marker is listed too. The order is the server's.
+pub async fn list_kv_keys(
+    stream: &stream::Stream,
+    bucket: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, ListKeysError> {
+    let subject_prefix = format!("$KV.{bucket}.");
+    // A filter can only end in a whole-token wildcard: a prefix ending inside a token is
+    // filtered here.
+    let filter = match prefix.rfind('.') {
+        Some(dot) => format!("{subject_prefix}{}>", &prefix[..=dot]),
+        None => format!("{subject_prefix}>"),
+    };
+    let info_error = |err: async_nats::Error| ListKeysError::Info {
+        bucket: bucket.to_string(),
+        source: err,
+    };
+    let subjects = tokio::time::timeout(timeout, async {
+        use futures::TryStreamExt;
+        let listing = stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|err| info_error(err.into()))?;
+        listing
+            .try_collect::<Vec<(String, usize)>>()
+            .await
+            .map_err(|err| info_error(err.into()))
+    })
+    .await
+    .map_err(|_| ListKeysError::TimedOut {
+        bucket: bucket.to_string(),
+        timeout,
+    })??;
+    Ok(subjects
+        .into_iter()
+        .filter_map(|(subject, _)| {
+            let key = subject.strip_prefix(&subject_prefix)?;
+            key.starts_with(prefix).then(|| key.to_string())
+        })
+        .collect())
+}

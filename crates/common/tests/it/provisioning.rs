@@ -102,6 +102,47 @@ async fn an_existing_bucket_takes_the_configured_max_age_and_history() {
 }
 
 #[tokio::test]
+async fn kv_keys_are_listed_by_prefix_from_the_stream_state() {
+    use gong_common::streams::list_kv_keys;
+
+    let nats = NatsServer::start_new();
+    let jetstream = nats.jetstream().await;
+    let kv = ensure_kv(
+        &jetstream,
+        "listed",
+        1,
+        Duration::ZERO,
+        &StreamSettings::default(),
+    )
+    .await
+    .unwrap();
+    for key in ["range.1", "range.22", "ranges", "other.x", "head"] {
+        kv.put(key, "v".into()).await.unwrap();
+    }
+    // Rewritten: listed once.
+    kv.put("range.1", "w".into()).await.unwrap();
+    let stream = jetstream.get_stream("KV_listed").await.unwrap();
+    let list = |prefix: &'static str| {
+        let stream = stream.clone();
+        async move {
+            let mut keys = list_kv_keys(&stream, "listed", prefix, Duration::from_secs(10))
+                .await
+                .unwrap();
+            keys.sort();
+            keys
+        }
+    };
+    assert_eq!(list("range.").await, ["range.1", "range.22"]);
+    assert_eq!(list("range.2").await, ["range.22"]);
+    assert_eq!(list("ran").await, ["range.1", "range.22", "ranges"]);
+    assert_eq!(
+        list("").await,
+        ["head", "other.x", "range.1", "range.22", "ranges"]
+    );
+    assert!(list("none.").await.is_empty());
+}
+
+#[tokio::test]
 async fn a_bucket_made_with_direct_gets_loses_them() {
     let nats = NatsServer::start_new();
     let jetstream = nats.jetstream().await;

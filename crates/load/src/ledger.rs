@@ -29,9 +29,9 @@ use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::{self};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use gong_common::names;
-use gong_common::streams::{ensure_kv, ProvisionError, StreamSettings};
+use gong_common::streams::{ensure_kv, list_kv_keys, ProvisionError, StreamSettings};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::Notify;
@@ -394,25 +394,14 @@ impl Ledger {
 
     /// Every key, from the key list of the bucket's stream as its leader knows it.
     pub async fn keys(&self) -> Result<Vec<String>, LedgerError> {
-        let prefix = format!("$KV.{}.", names::BUCKET_LOAD_FILES);
-        let filter = format!("{prefix}>");
-        let subjects = tokio::time::timeout(Duration::from_secs(60), async {
-            let listing = self
-                .stream
-                .info_with_subjects(&filter)
-                .await
-                .map_err(|err| ledger_error("list", ">")(err.into()))?;
-            listing
-                .try_collect::<Vec<(String, usize)>>()
-                .await
-                .map_err(|err| ledger_error("list", ">")(err.into()))
-        })
+        list_kv_keys(
+            &self.stream,
+            names::BUCKET_LOAD_FILES,
+            "",
+            Duration::from_secs(60),
+        )
         .await
-        .map_err(|_| ledger_error("list", ">")("timed out".into()))??;
-        Ok(subjects
-            .into_iter()
-            .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_string))
-            .collect())
+        .map_err(|err| ledger_error("list", ">")(err.into()))
     }
 
     /// The record under `key` (from the stream leader); `None` when missing or unreadable.

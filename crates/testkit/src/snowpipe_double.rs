@@ -26,6 +26,9 @@
 //!   [`SnowpipeDouble::set_history_page_size`] (10,000) per answer; `completeResult: false`
 //!   when more follow (ask again from `rangeEndTime`), `startTimeInclusive`,
 //!   `endTimeExclusive`, `rangeStartTime`, `rangeEndTime`.
+//! - Reported paths are the paths notified, or with [`SnowpipeDouble::report_folder_relative`]
+//!   relative to the pipe's folder (the first path segment dropped, and `stageLocation` ending
+//!   in that folder), as a pipe `COPY ... FROM @STAGE/<folder>/` reports them.
 //! - Statuses `LOAD_IN_PROGRESS` (first, with [`Outcome::in_progress_first`]; the final event
 //!   follows once an `insertReport` has returned it), `LOADED`, `LOAD_FAILED`,
 //!   `PARTIALLY_LOADED`; [`Outcome::never`] files are accepted and never reported.
@@ -193,6 +196,7 @@ struct State {
     report_retention: Duration,
     history_page_size: usize,
     last_time: DateTime<Utc>,
+    folder_relative: bool,
 }
 
 impl State {
@@ -216,6 +220,20 @@ impl State {
             .map(|(_, outcome)| *outcome)
             .unwrap_or(self.default_outcome)
     }
+}
+
+/// `entry` as reported: with its path relative to its first segment when `folder_relative`.
+fn as_reported(entry: &Value, folder_relative: bool) -> Value {
+    let mut entry = entry.clone();
+    if folder_relative {
+        let path = entry["path"].as_str().unwrap_or_default().to_string();
+        if let Some((folder, rest)) = path.split_once('/') {
+            let location = entry["stageLocation"].as_str().unwrap_or_default();
+            entry["stageLocation"] = json!(format!("{location}{folder}/"));
+            entry["path"] = json!(rest);
+        }
+    }
+    entry
 }
 
 fn time_text(time: DateTime<Utc>) -> String {
@@ -333,6 +351,7 @@ impl SnowpipeDouble {
             report_retention: Duration::from_secs(600),
             history_page_size: 10_000,
             last_time: DateTime::<Utc>::MIN_UTC,
+            folder_relative: false,
         }));
         let served = state.clone();
         let task = tokio::spawn(async move {
@@ -391,6 +410,13 @@ impl SnowpipeDouble {
     /// Entries per `loadHistoryScan` answer (default 10,000).
     pub fn set_history_page_size(&self, size: usize) {
         self.state().history_page_size = size.max(1);
+    }
+
+    /// While `relative` is true, `insertReport` and `loadHistoryScan` report each path
+    /// relative to its first segment (`calls/dt=D/f.parquet` as `dt=D/f.parquet`, with
+    /// `stageLocation` ending in `calls/`): what a pipe reading a folder of the stage reports.
+    pub fn report_folder_relative(&self, relative: bool) {
+        self.state().folder_relative = relative;
     }
 
     /// Every request so far.
@@ -621,6 +647,7 @@ fn insert_report(
     };
     // A final event follows its LOAD_IN_PROGRESS once a report has returned that one.
     let now = state.tick();
+    let folder_relative = state.folder_relative;
     let retention = chrono::Duration::from_std(state.report_retention).unwrap_or_default();
     let pipe = state.pipes.entry(pipe_name.to_string()).or_default();
     let seen_up_to = mark.unwrap_or(0);
@@ -668,7 +695,7 @@ fn insert_report(
     let files: Vec<Value> = retained
         .iter()
         .filter(|event| event.seq >= from && !event.hidden)
-        .map(|event| event.entry.clone())
+        .map(|event| as_reported(&event.entry, folder_relative))
         .collect();
     let next = pipe.next_seq.max(from.saturating_sub(1)) + 1;
     respond(
@@ -713,6 +740,7 @@ fn load_history_scan(
         None => Utc::now(),
     };
     let page_size = state.history_page_size;
+    let folder_relative = state.folder_relative;
     let pipe = state.pipes.entry(pipe_name.to_string()).or_default();
     // The latest entry of each file, by load time.
     let mut latest: BTreeMap<&str, &Event> = BTreeMap::new();
@@ -737,7 +765,10 @@ fn load_history_scan(
             "endTimeExclusive": time_text(end),
             "rangeStartTime": range_start,
             "rangeEndTime": range_end,
-            "files": entries.iter().map(|event| event.entry.clone()).collect::<Vec<_>>(),
+            "files": entries
+                .iter()
+                .map(|event| as_reported(&event.entry, folder_relative))
+                .collect::<Vec<_>>(),
         }),
     )
 }
@@ -869,6 +900,44 @@ mod tests {
             .map(|f| f["status"].as_str().unwrap())
             .collect();
         assert_eq!(statuses, ["PARTIALLY_LOADED", "LOADED"]);
+
+        // A pipe reading a folder reports paths below it.
+        double.report_folder_relative(true);
+        let (_, page) = call(
+            &double,
+            &good,
+            "GET",
+            &format!("loadHistoryScan?startTimeInclusive={start}&endTimeExclusive={end}"),
+            None,
+        )
+        .await;
+        let reported: Vec<(&str, &str)> = page["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["path"].as_str().unwrap(),
+                    f["stageLocation"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            reported,
+            [
+                ("2.parquet", "s3://gong-stage/prefix/b/"),
+                ("1.parquet", "s3://gong-stage/prefix/a/")
+            ]
+        );
+        let (_, report) = call(&double, &good, "GET", "insertReport", None).await;
+        let paths: Vec<&str> = report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["1.parquet", "1.parquet"], "{report}");
+        double.report_folder_relative(false);
 
         // Events older than the retention are gone: a mark before them is incomplete.
         double.set_report_retention(Duration::ZERO);

@@ -229,30 +229,31 @@ impl View {
             .collect()
     }
 
-    /// The open record Snowpipe's `path` means: same path, or one a suffix of the other at a
-    /// `/` (a pipe whose stage location ends in a folder reports paths below it).
-    fn find(&self, path: &str) -> Option<String> {
-        let key = file_key(path);
-        if self.open.contains_key(&key) {
-            return Some(key);
-        }
-        self.open
-            .iter()
-            .find(|(_, open)| {
-                let ours = open.known.record.path.as_str();
-                ours.ends_with(&format!("/{path}")) || path.ends_with(&format!("/{ours}"))
+    /// The open record of `table` that `path`, reported by `table`'s pipe, means: the record
+    /// whose path is exactly `path`, or `<table>/<path>` (a pipe `COPY ... FROM
+    /// @STAGE/<table>/` may report paths relative to its folder). Never another table's
+    /// record, and never a suffix match: every table's file of one range has the same name
+    /// below its folder (`dt=.../gong_F-L.parquet`).
+    fn find(&self, table: Table, path: &str) -> Option<String> {
+        [path.to_string(), format!("{}/{path}", table.name())]
+            .into_iter()
+            .find_map(|candidate| {
+                let key = file_key(&candidate);
+                let open = self.open.get(&key)?;
+                let record = &open.known.record;
+                (record.path == candidate && record.table == table.name()).then_some(key)
             })
-            .map(|(key, _)| key.clone())
     }
 
-    fn apply_all(&mut self, files: &[ReportedFile], source: Endpoint) {
+    /// Applies what `table`'s pipe reported (`files`) to that table's open records.
+    fn apply_all(&mut self, table: Table, files: &[ReportedFile], source: Endpoint) {
         let now = Utc::now();
         for entry in files {
             if state_of_status(&entry.status).is_none() {
                 tracing::warn!(path = %entry.path, status = %entry.status, "snowpipe status this version does not know; ignored");
                 continue;
             }
-            let Some(key) = self.find(&entry.path) else {
+            let Some(key) = self.find(table, &entry.path) else {
                 continue;
             };
             let Some(open) = self.open.get_mut(&key) else {
@@ -514,7 +515,7 @@ impl Notifier {
                         );
                         view.gaps.insert(table);
                     }
-                    view.apply_all(&report.files, Endpoint::InsertReport);
+                    view.apply_all(table, &report.files, Endpoint::InsertReport);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read insertReport; retrying next round");
@@ -552,7 +553,7 @@ impl Notifier {
                     return false;
                 }
             };
-            view.apply_all(&page.files, Endpoint::LoadHistoryScan);
+            view.apply_all(table, &page.files, Endpoint::LoadHistoryScan);
             if page.complete_result {
                 return true;
             }
@@ -843,6 +844,89 @@ mod tests {
             first_error: Some("Numeric value 'x' is not recognized".to_string()),
             ..ReportedFile::default()
         }
+    }
+
+    fn open_record(table: &str) -> Known {
+        let path =
+            format!("{table}/dt=2024-03-01/gong_00000000000000000001-00000000000000000002.parquet");
+        Known {
+            key: file_key(&path),
+            record: FileRecord {
+                path,
+                table: table.to_string(),
+                ..record(FileState::Notified)
+            },
+            revision: 1,
+        }
+    }
+
+    fn report(path: &str, status: &str) -> ReportedFile {
+        ReportedFile {
+            path: path.to_string(),
+            ..reported(status)
+        }
+    }
+
+    fn state_in(view: &View, table: &str) -> FileState {
+        view.open
+            .values()
+            .find(|open| open.known.record.table == table)
+            .map(|open| open.known.record.state)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pipe_report_reaches_only_its_own_tables_file() {
+        let mut view = View::default();
+        for table in ["calls", "call_participants", "call_topics"] {
+            view.adopt(open_record(table));
+        }
+        let name = "dt=2024-03-01/gong_00000000000000000001-00000000000000000002.parquet";
+        // Paths relative to the pipe's folder: the same for every table of the range.
+        view.apply_all(
+            Table::Calls,
+            &[report(name, "LOADED")],
+            Endpoint::InsertReport,
+        );
+        view.apply_all(
+            Table::CallParticipants,
+            &[report(name, "LOAD_FAILED")],
+            Endpoint::InsertReport,
+        );
+        assert_eq!(state_in(&view, "calls"), FileState::Loaded);
+        assert_eq!(state_in(&view, "call_participants"), FileState::LoadFailed);
+        assert_eq!(state_in(&view, "call_topics"), FileState::Notified);
+        // Full paths too, but only from the table's own pipe.
+        let topics = format!("call_topics/{name}");
+        view.apply_all(
+            Table::Calls,
+            &[report(&topics, "LOAD_FAILED")],
+            Endpoint::InsertReport,
+        );
+        assert_eq!(state_in(&view, "call_topics"), FileState::Notified);
+        view.apply_all(
+            Table::CallTopics,
+            &[report(&topics, "LOADED")],
+            Endpoint::LoadHistoryScan,
+        );
+        assert_eq!(state_in(&view, "call_topics"), FileState::Loaded);
+        // A path that only ends like ours is not ours.
+        let mut other = View::default();
+        other.adopt(open_record("calls"));
+        other.apply_all(
+            Table::Calls,
+            &[report(
+                "gong_00000000000000000001-00000000000000000002.parquet",
+                "LOADED",
+            )],
+            Endpoint::InsertReport,
+        );
+        other.apply_all(
+            Table::Calls,
+            &[report(&format!("elsewhere/calls/{name}"), "LOADED")],
+            Endpoint::InsertReport,
+        );
+        assert_eq!(state_in(&other, "calls"), FileState::Notified);
     }
 
     #[test]

@@ -313,6 +313,53 @@ async fn each_snowpipe_status_is_recorded_and_partially_loaded_is_a_failure() {
 }
 
 #[tokio::test]
+async fn pipes_reporting_paths_below_their_folder_settle_only_their_own_tables_files() {
+    let mut harness = Harness::new().await;
+    let double = double().await;
+    // Each pipe reads its table's folder and reports `dt=D/gong_F-L.parquet`: the same path
+    // for every table's file of the range. The calls file loads, call_participants' fails.
+    double.report_folder_relative(true);
+    double.set_outcome(&folder("calls"), Outcome::loaded());
+    double.set_outcome(&folder("call_participants"), Outcome::load_failed());
+    let env = snowflake_env(&harness, &double, &[]);
+    harness.start_loader(&as_refs(&env)).await;
+    publish_events(&harness.jetstream, 1, 1).await;
+    wait_calls_rows(&harness.stage_dir(), 1).await;
+
+    let records = wait_ledger(&harness, "every file in a final state", |records| {
+        records.values().all(|record| record.state.is_final())
+    })
+    .await;
+    assert_eq!(records.len(), call_tables().len(), "{:?}", records.keys());
+    let calls = records
+        .values()
+        .find(|record| record.table == "calls")
+        .unwrap();
+    let participants = records
+        .values()
+        .find(|record| record.table == "call_participants")
+        .unwrap();
+    // Two tables' files of the same range, each with its own pipe's outcome.
+    assert_eq!(
+        (calls.first, calls.last),
+        (participants.first, participants.last)
+    );
+    assert_eq!(calls.state, FileState::Loaded, "{calls:?}");
+    assert_eq!(
+        participants.state,
+        FileState::LoadFailed,
+        "{participants:?}"
+    );
+    for record in records.values() {
+        if record.table != "call_participants" {
+            assert_eq!(record.state, FileState::Loaded, "{record:?}");
+        }
+        assert_eq!(record.outcome.as_ref().unwrap().source, "insertReport");
+    }
+    harness.stop_loader().await;
+}
+
+#[tokio::test]
 async fn events_missing_from_insert_report_are_found_in_load_history_scan() {
     let mut harness = Harness::new().await;
     let double = double().await;

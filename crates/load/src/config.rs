@@ -47,6 +47,10 @@ pub struct LoadConfig {
     pub shutdown_grace: Duration,
     /// Snowpipe REST mode (notifications, load verification), when `SNOWFLAKE_*` are set.
     pub snowpipe: Option<SnowpipeConfig>,
+    /// `LOAD_TEST_LEASE_JOB` (tests only, default `load`): the lease this loader runs for.
+    /// Two loaders with different jobs are both active at once, which tests use to check that
+    /// safety does not rest on the lease (claims and bytes still keep files exactly once).
+    pub lease_job: String,
     /// `LOAD_TEST_CRASH_AFTER_WRITE` (tests only): abort after the files are durable and
     /// before any ack.
     pub crash_after_write: bool,
@@ -115,6 +119,17 @@ impl LoadConfig {
         if lease_ttl < Duration::from_secs(1) {
             return Err(ConfigError::new("LOAD_LEASE_TTL", "must be at least 1s"));
         }
+        let lease_job = env.string_or("LOAD_TEST_LEASE_JOB", gong_common::names::LEASE_LOAD);
+        if lease_job.is_empty()
+            || !lease_job
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::new(
+                "LOAD_TEST_LEASE_JOB",
+                "must be letters, digits, _ or -",
+            ));
+        }
         let zstd_level = env.parse_or("LOAD_ZSTD_LEVEL", 3i32)?;
         if !(1..=22).contains(&zstd_level) {
             return Err(ConfigError::new(
@@ -140,6 +155,7 @@ impl LoadConfig {
                 .duration_or("LOAD_RETRY_MAX_BACKOFF", Duration::from_secs(30))?,
             shutdown_grace: env.duration_or("LOAD_SHUTDOWN_GRACE", Duration::from_secs(25))?,
             snowpipe: SnowpipeConfig::from_env(env)?,
+            lease_job,
             crash_after_write: env.bool_or("LOAD_TEST_CRASH_AFTER_WRITE", false)?,
         })
     }

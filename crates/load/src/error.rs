@@ -74,6 +74,16 @@ pub enum LoadError {
     /// Writing an operator command's output failed.
     #[error("cannot write the output: {0}")]
     Output(String),
+    /// The lease task ended (a bug): without it the loader cannot know whether it may load.
+    #[error("the load lease task ended")]
+    LeaseTask,
+    /// An older gong-load (which reads every message as a call) still pulls from the consumer
+    /// the lease holder must replace; it waits until those pods are gone.
+    #[error("an older gong-load is still pulling from consumer load ({waiting} pull requests waiting); scale the old pods down to finish the upgrade")]
+    OlderLoaderPulling {
+        /// Pull requests waiting on the consumer.
+        waiting: usize,
+    },
     /// A replay argument is invalid or resolves to nothing.
     #[error("invalid replay range: {0}")]
     ReplayRange(String),

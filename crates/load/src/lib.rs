@@ -186,7 +186,7 @@ async fn provision(
     let lease = Lease::open(
         jetstream,
         &config.common.streams,
-        names::LEASE_LOAD,
+        &config.lease_job,
         owner,
         config.lease_ttl,
     )

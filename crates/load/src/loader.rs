@@ -42,11 +42,12 @@ use tokio_util::sync::CancellationToken;
 use crate::error::LoadError;
 use crate::metrics::{self, FlushReason};
 use crate::parquet_writer::Spool;
-use crate::range_writer::{decode, Ctx, Decoded, ENCODE_CHUNK};
+use crate::range_writer::{decode, Ctx, Decoded, Existing, ENCODE_CHUNK};
 use crate::ranges::{Claim, RangeState};
 use crate::rows::Entity;
 
-/// Delay before a message covered by another replica's pending range comes back.
+/// Delay before a message given back (nak) comes back: a batch handed back, a lost claim, a
+/// failed step.
 const COVERED_RETRY: Duration = Duration::from_secs(1);
 
 struct Batch {
@@ -154,6 +155,14 @@ pub async fn migrate_filter(
     let stream = &ctx.stream;
     let filter = match stream.consumer_info(names::CONSUMER_LOAD).await {
         Ok(info) if info.config.filter_subject == names::SUBJECTS_ENRICHED => return Ok(None),
+        Ok(info) if info.num_waiting > 0 => {
+            // Pull requests this process did not make (it has not pulled yet): an older
+            // gong-load is still running. Replacing the consumer under it would hand it
+            // user and scorecard events it cannot read. Wait until it is gone.
+            return Err(LoadError::OlderLoaderPulling {
+                waiting: info.num_waiting,
+            });
+        }
         Ok(info) => Some(info.config.filter_subject),
         Err(err) if is_not_found(&err) => None,
         Err(err) => return Err(consumer_error(err)),
@@ -243,8 +252,8 @@ pub async fn run(
             active = lease.wait_for(|state| *state == LeaseState::Active) => active.is_ok(),
         };
         if !active {
-            tracing::warn!("lease task ended");
-            break Ok(());
+            tracing::error!("the lease task ended; gong-load cannot tell whether it may load");
+            break Err(LoadError::LeaseTask);
         }
         metrics::lease_active(true);
         // Before pulling: the consumer must take every subject (an older version's consumer
@@ -253,14 +262,22 @@ pub async fn run(
             Ok(Some(replacement)) => consumer = replacement,
             Ok(None) => {}
             Err(err) => {
-                tracing::warn!(error = %err, "cannot check the load consumer's filter; retrying before pulling");
+                let waiting_for_old = matches!(err, LoadError::OlderLoaderPulling { .. });
+                if waiting_for_old {
+                    tracing::error!(error = %err, "not pulling until the older gong-load pods are gone (docs/operations.md#upgrade)");
+                    readiness.set_fault(Some(err.to_string()));
+                } else {
+                    tracing::warn!(error = %err, "cannot check the load consumer's filter; retrying before pulling");
+                }
+                let pause = if waiting_for_old { 5 } else { 1 };
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(pause)) => {}
                 }
                 continue;
             }
         }
+        readiness.set_fault(None);
         tracing::info!(stage = %loader.ctx.stage.url(), "holding the load lease: consuming");
         match loader.consume(&consumer, &mut lease).await {
             Ok(Interruption::Shutdown) => break Ok(()),
@@ -270,6 +287,10 @@ pub async fn run(
             }
             Ok(Interruption::PullClosed) => {
                 tracing::warn!("message stream ended; pulling again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
             Err(err) => {
                 loader.hand_back_batch().await;
@@ -352,11 +373,13 @@ impl Loader {
                 _ = sleep_until(deadline) => {
                     let flushed = self.flush(FlushReason::Age).await;
                     self.after_flush(flushed).await?;
+                    self.publish_open_batch();
                 }
                 next = messages.next() => match next {
                     Some(Ok(message)) => {
                         let handled = self.on_message(message).await;
                         self.after_flush(handled).await?;
+                        self.publish_open_batch();
                     }
                     Some(Err(err)) => {
                         tracing::warn!(error = %err, "pull failed");
@@ -372,6 +395,12 @@ impl Loader {
         if let Some(batch) = self.batch.take() {
             abandon_held(&self.ctx, &batch.held).await;
         }
+        self.publish_open_batch();
+    }
+
+    /// `gong_load_open_batch_events`: events held in the open batch, not yet staged.
+    fn publish_open_batch(&self) {
+        metrics::open_batch(self.batch.as_ref().map_or(0, Batch::events));
     }
 
     async fn on_message(&mut self, mut message: jetstream::Message) -> Result<(), LoadError> {
@@ -394,7 +423,7 @@ impl Loader {
             }
         }
         if self.batch.is_none() {
-            let head = self.ctx.ranges.head_or_init(seq).await?;
+            let head = self.batch_start(seq).await?;
             if seq >= head {
                 self.open_batch(head)?;
             }
@@ -405,6 +434,54 @@ impl Loader {
         }
         self.append(message, decoded, seq).await?;
         self.check_limits().await
+    }
+
+    /// Where the next batch starts: the manifest's head, moved past a range already recorded
+    /// there (a head that lags the claims, e.g. one an older version advanced elsewhere) and
+    /// past events that expired from GONG_ENRICHED before anyone staged them (a loader outage
+    /// longer than `STREAM_ENRICHED_MAX_AGE`, or a purge): those can never be read back, and a
+    /// batch starting below the stream would fail for ever.
+    async fn batch_start(&mut self, seq: u64) -> Result<u64, LoadError> {
+        let mut head = self.ctx.ranges.head_or_init(seq).await?;
+        for _ in 0..100 {
+            match self.ctx.ranges.fetch(head).await? {
+                Some(existing) => {
+                    self.ctx
+                        .ranges
+                        .advance_head(existing.record.last + 1)
+                        .await?;
+                    head = existing.record.last + 1;
+                }
+                None => break,
+            }
+        }
+        if head >= seq {
+            return Ok(head);
+        }
+        let info = self
+            .ctx
+            .stream
+            .get_info()
+            .await
+            .map_err(|err| LoadError::ReadStream {
+                stream: names::STREAM_ENRICHED.to_string(),
+                seq: head,
+                source: err.into(),
+            })?;
+        let first = info.state.first_sequence;
+        if head < first {
+            let lost = first - head;
+            tracing::error!(
+                head,
+                stream_first = first,
+                lost,
+                "events expired from GONG_ENRICHED before they were staged; replay them from GONG_RAW (gong-enrich replay)"
+            );
+            metrics::expired_unstaged(lost);
+            self.ctx.ranges.advance_head(first).await?;
+            head = first;
+        }
+        Ok(head)
     }
 
     fn open_batch(&mut self, first: u64) -> Result<(), LoadError> {
@@ -559,7 +636,14 @@ impl Loader {
         };
         let staged = match self
             .ctx
-            .upload_with_retry(&spooled, first, last, &batch.held, &self.shutdown)
+            .upload_with_retry(
+                &spooled,
+                first,
+                last,
+                &batch.held,
+                &self.shutdown,
+                Existing::Keep,
+            )
             .await
         {
             Ok(staged) => staged,
@@ -585,16 +669,7 @@ impl Loader {
             std::process::abort();
         }
         ack_all(&self.ctx, &batch.held).await;
-        let record = crate::ranges::RangeRecord {
-            first,
-            last,
-            state: RangeState::Pending,
-            owner: self.ctx.ranges.owner().to_string(),
-            updated_at: chrono::Utc::now(),
-        };
-        if let Err(err) = self.ctx.ranges.mark_done(&record, revision).await {
-            tracing::warn!(error = %err, first, last, "cannot mark range done; redelivered messages will rewrite it");
-        }
+        self.ctx.ranges.mark_done(first, last, revision).await;
         metrics::flushed(reason);
         self.ctx.report_durable(&staged);
         self.readiness.set_fault(None);
@@ -691,7 +766,7 @@ impl Loader {
             dead_letter(&self.ctx, &message, reason, detail).await;
             return Ok(());
         }
-        let known = match self.ctx.ranges.covering(seq).await {
+        let known = match self.ctx.ranges.covering_confirmed(seq).await {
             Ok(known) => known,
             Err(err) => {
                 nak(&self.ctx, &message).await;
@@ -732,7 +807,10 @@ impl Loader {
         let staged = self
             .rewrite_then_ack(&message, record.first, record.last)
             .await?;
-        let _ = self.ctx.ranges.mark_done(record, revision).await;
+        self.ctx
+            .ranges
+            .mark_done(record.first, record.last, revision)
+            .await;
         self.ctx.report_durable(&staged);
         Ok(())
     }
@@ -745,7 +823,11 @@ impl Loader {
         first: u64,
         last: u64,
     ) -> Result<crate::range_writer::StagedRange, LoadError> {
-        let rewritten = match self.ctx.rewrite_range(first, last, &self.shutdown).await {
+        let rewritten = match self
+            .ctx
+            .rewrite_range(first, last, &self.shutdown, Existing::Keep)
+            .await
+        {
             Ok(staged) => self.ctx.record_for_snowpipe(&staged).await.map(|()| staged),
             Err(err) => Err(err),
         };
@@ -775,14 +857,7 @@ impl Loader {
         match self.ctx.ranges.claim(seq, seq).await? {
             Claim::Won { revision } => {
                 let staged = self.rewrite_then_ack(&message, seq, seq).await?;
-                let record = crate::ranges::RangeRecord {
-                    first: seq,
-                    last: seq,
-                    state: RangeState::Pending,
-                    owner: self.ctx.ranges.owner().to_string(),
-                    updated_at: chrono::Utc::now(),
-                };
-                let _ = self.ctx.ranges.mark_done(&record, revision).await;
+                self.ctx.ranges.mark_done(seq, seq, revision).await;
                 self.ctx.report_durable(&staged);
             }
             Claim::Lost { .. } => nak(&self.ctx, &message).await,

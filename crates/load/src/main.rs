@@ -46,6 +46,11 @@ enum Command {
         /// Last event time to rebuild (RFC 3339).
         #[arg(long)]
         until: Option<String>,
+        /// Write files that are already on the stage again (after a fix to how rows are
+        /// built). By default they are kept: Snowflake would load a file with new bytes under
+        /// an old name again.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Dead-letter tools: list, show, redrive, purge (uses NATS_URL).
     Dlq(gong_common::cli::DlqArgs),
@@ -105,7 +110,8 @@ fn main() {
             from_seq,
             since,
             until,
-        } => replay(from_seq, since, until),
+            overwrite,
+        } => replay(from_seq, since, until, overwrite),
     }
 }
 
@@ -175,11 +181,16 @@ fn parse_time(flag: &str, raw: Option<String>) -> Option<chrono::DateTime<chrono
     }
 }
 
-fn replay(from_seq: Option<u64>, since: Option<String>, until: Option<String>) {
+fn replay(from_seq: Option<u64>, since: Option<String>, until: Option<String>, overwrite: bool) {
     let window = gong_load::replay::ReplayWindow {
         from_seq,
         since: parse_time("--since", since),
         until: parse_time("--until", until),
+        existing: if overwrite {
+            gong_load::range_writer::Existing::Overwrite
+        } else {
+            gong_load::range_writer::Existing::Keep
+        },
     };
     if window.from_seq.is_none() && window.since.is_none() {
         eprintln!("gong-load: replay needs --from-seq N or --since RFC3339");
@@ -226,8 +237,8 @@ fn replay(from_seq: Option<u64>, since: Option<String>, until: Option<String>) {
     match outcome {
         Ok(summary) => {
             eprintln!(
-                "gong-load: replayed {} ranges ({} files, {} events) for sequences {}..={}; {} later sequences are left to the live loader",
-                summary.ranges, summary.files, summary.events, summary.from_seq, summary.to_seq, summary.left_to_live
+                "gong-load: replayed {} ranges ({} files written, {} already on the stage kept, {} events) for sequences {}..={}; {} later sequences are left to the live loader",
+                summary.ranges, summary.files, summary.kept, summary.events, summary.from_seq, summary.to_seq, summary.left_to_live
             );
             if summary.expired > 0 {
                 eprintln!(

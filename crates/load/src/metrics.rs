@@ -80,6 +80,8 @@ pub fn register() {
     metrics::counter!("gong_load_ranges_lost_total").increment(0);
     metrics::counter!("gong_load_ranges_taken_over_total").increment(0);
     lease_active(false);
+    metrics::counter!("gong_load_expired_unstaged_total").increment(0);
+    open_batch(0);
     // A histogram handle registers the series; it renders with zero counts until a sample.
     let _ = metrics::histogram!("gong_load_file_size_bytes");
     let _ = metrics::histogram!("gong_load_event_to_staged_seconds");
@@ -127,6 +129,18 @@ pub fn range_lost() {
 /// `gong_load_ranges_taken_over_total`: pending ranges rewritten after their owner stopped.
 pub fn range_taken_over() {
     metrics::counter!("gong_load_ranges_taken_over_total").increment(1);
+}
+
+/// `gong_load_open_batch_events`: events the active loader holds in its open batch (staged at
+/// the next flush; handed back if it dies). 0 on a standby.
+pub fn open_batch(events: usize) {
+    metrics::gauge!("gong_load_open_batch_events").set(events as f64);
+}
+
+/// `gong_load_expired_unstaged_total`: enriched events that expired from GONG_ENRICHED before
+/// any loader staged them (the head jumped over them; replay them from GONG_RAW).
+pub fn expired_unstaged(events: u64) {
+    metrics::counter!("gong_load_expired_unstaged_total").increment(events);
 }
 
 /// `gong_load_lease_active`: 1 while this replica holds the `load` lease (the active loader),

@@ -141,6 +141,21 @@ pub struct StagedFile {
     pub rows: usize,
     /// Bytes.
     pub bytes: u64,
+    /// True when the file was already on the stage and kept (not written by this call).
+    pub kept: bool,
+}
+
+/// What to do with a file that is already on the stage under a range's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Existing {
+    /// Keep it: it is complete (uploads are atomic) and was written for this very range.
+    /// Snowflake keys its load history on the name and the content's checksum, so a file
+    /// rewritten with other bytes (another schema version, another `LOAD_ZSTD_LEVEL`) would
+    /// be loaded again. The default everywhere.
+    #[default]
+    Keep,
+    /// Write it again (`gong-load replay --overwrite`, after a fix to how rows are built).
+    Overwrite,
 }
 
 /// A range whose files are all durable.
@@ -344,15 +359,32 @@ impl Ctx {
         last: u64,
         keepalive: &[jetstream::Message],
         give_up: &CancellationToken,
+        existing: Existing,
     ) -> Result<StagedRange, LoadError> {
         let mut files = Vec::new();
         if let Some(dt) = spooled.dt {
             for file in &spooled.files {
                 let relative = relative_path(file.table, dt, first, last);
                 let mut backoff = Duration::from_millis(200);
-                let bytes = loop {
-                    match self.stage.upload(&file.path, &relative).await {
-                        Ok(bytes) => break bytes,
+                let (bytes, kept) = loop {
+                    let written = match existing {
+                        Existing::Keep => match self.stage.existing_size(&relative).await {
+                            Ok(Some(size)) => Ok((size, true)),
+                            Ok(None) => self
+                                .stage
+                                .upload(&file.path, &relative)
+                                .await
+                                .map(|bytes| (bytes, false)),
+                            Err(err) => Err(err),
+                        },
+                        Existing::Overwrite => self
+                            .stage
+                            .upload(&file.path, &relative)
+                            .await
+                            .map(|bytes| (bytes, false)),
+                    };
+                    match written {
+                        Ok(written) => break written,
                         // The spool file is gone (or unreadable): retrying cannot bring it back.
                         // The caller hands the messages back; the range is rebuilt from the
                         // stream under the same names.
@@ -380,11 +412,15 @@ impl Ctx {
                         }
                     }
                 };
+                if kept {
+                    tracing::info!(path = %relative, bytes, "file already on the stage; kept");
+                }
                 files.push(StagedFile {
                     table: file.table,
                     relative,
                     rows: file.rows,
                     bytes,
+                    kept,
                 });
             }
         }
@@ -397,17 +433,19 @@ impl Ctx {
         })
     }
 
-    /// Rewrites `first..=last` from the stream under its deterministic names.
+    /// Rewrites `first..=last` from the stream under its deterministic names (files already
+    /// on the stage are kept unless `existing` says to overwrite them).
     pub async fn rewrite_range(
         &self,
         first: u64,
         last: u64,
         give_up: &CancellationToken,
+        existing: Existing,
     ) -> Result<StagedRange, LoadError> {
         let spool = self.new_spool()?;
         let spool = self.append_from_stream(spool, first, last).await?;
         let spooled = self.finish(spool, first, last).await?;
-        self.upload_with_retry(&spooled, first, last, &[], give_up)
+        self.upload_with_retry(&spooled, first, last, &[], give_up, existing)
             .await
     }
 
@@ -428,7 +466,7 @@ impl Ctx {
     /// Records metrics and logs for a durable range. Snowpipe is not called from here: the
     /// notifier (`verify.rs`) notifies what [`Ctx::record_for_snowpipe`] recorded.
     pub fn report_durable(&self, staged: &StagedRange) {
-        for file in &staged.files {
+        for file in staged.files.iter().filter(|file| !file.kept) {
             metrics::file_staged(file.table, file.rows, file.bytes);
         }
         if let Some(received_at) = staged.first_received_at {

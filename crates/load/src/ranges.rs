@@ -32,7 +32,6 @@ use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::{self};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use gong_common::names;
 use gong_common::register::{Register, RegisterError};
 use gong_common::streams::{ensure_kv, ProvisionError, StreamSettings};
@@ -40,6 +39,10 @@ use serde::{Deserialize, Serialize};
 
 /// Key of the head in its register (and, in older versions, in the ranges bucket).
 pub const HEAD_KEY: &str = "head";
+
+/// A key written only to make the ranges bucket's stream leader catch up before a listing
+/// (see [`Ranges::covering_confirmed`]); never a range.
+pub const BARRIER_KEY: &str = "barrier";
 
 /// The bucket of the head register.
 pub const HEAD_BUCKET: &str = "gong_load_head";
@@ -74,7 +77,8 @@ pub struct RangeRecord {
     pub state: RangeState,
     /// Process that owns (or last wrote) it.
     pub owner: String,
-    /// When the record was last written (owner's clock; used only to decide a takeover).
+    /// When the record was last written (the writer's clock; for people reading the manifest,
+    /// no decision uses it).
     pub updated_at: DateTime<Utc>,
 }
 
@@ -260,7 +264,11 @@ impl Ranges {
                 Bytes::from(serde_json::to_vec(&Head { next: initial }).unwrap_or_default());
             match self.head.write(value, None).await {
                 Ok(_) => return Ok(initial),
-                Err(RegisterError::Conflict { .. }) => continue,
+                Err(RegisterError::Conflict { .. }) => {
+                    // Created meanwhile (or a leader that lags): read again, not in a tight loop.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
                 Err(err) => return Err(register_error("create")(err)),
             }
         }
@@ -316,15 +324,33 @@ impl Ranges {
         }
     }
 
-    /// Marks a range done (compare-and-set on `revision`). Returns false when the record
-    /// changed meanwhile (another replica took it over and will mark it).
-    pub async fn mark_done(&self, record: &RangeRecord, revision: u64) -> Result<bool, RangeError> {
-        let key = range_key(record.first);
+    /// Marks `first..=last` done (compare-and-set on `revision`) and logs a failure: the
+    /// files are durable either way; a range left pending is only rewritten (same names, same
+    /// bytes) when its messages come back. Returns false when the record changed meanwhile
+    /// (another process took it over and will mark it) or the write failed.
+    pub async fn mark_done(&self, first: u64, last: u64, revision: u64) -> bool {
+        match self.try_mark_done(first, last, revision).await {
+            Ok(marked) => marked,
+            Err(err) => {
+                tracing::warn!(error = %err, first, last, "cannot mark range done; redelivered messages will rewrite it");
+                false
+            }
+        }
+    }
+
+    async fn try_mark_done(
+        &self,
+        first: u64,
+        last: u64,
+        revision: u64,
+    ) -> Result<bool, RangeError> {
+        let key = range_key(first);
         let done = RangeRecord {
+            first,
+            last,
             state: RangeState::Done,
             owner: self.owner.clone(),
             updated_at: Utc::now(),
-            ..record.clone()
         };
         let value = Bytes::from(serde_json::to_vec(&done).unwrap_or_default());
         match self.kv.update(&key, value, revision).await {
@@ -417,6 +443,22 @@ impl Ranges {
             .filter(|known| known.record.covers(seq)))
     }
 
+    /// As [`Ranges::covering`], but a `None` is confirmed after a write to the bucket: the
+    /// write's acknowledgement comes from a stream leader that has applied every earlier write
+    /// (a leader elected a moment ago may not have yet, and would list too few keys). Used
+    /// before a sequence is staged on its own, which must never happen to a covered one.
+    pub async fn covering_confirmed(&self, seq: u64) -> Result<Option<Known>, RangeError> {
+        if let Some(known) = self.covering(seq).await? {
+            return Ok(Some(known));
+        }
+        let barrier = Bytes::from(self.owner.clone());
+        self.kv
+            .put(BARRIER_KEY, barrier)
+            .await
+            .map_err(|err| range_error("put", BARRIER_KEY)(err.into()))?;
+        self.covering(seq).await
+    }
+
     /// The greatest known range start at or below `seq`.
     fn known_first(&self, seq: u64) -> Option<u64> {
         let firsts = self.firsts.lock().ok()?;
@@ -448,25 +490,15 @@ impl Ranges {
     /// (`STREAM.INFO` with a subjects filter; `kv::Store::keys` would read through a consumer
     /// that may sit on a follower).
     async fn firsts(&self) -> Result<Vec<u64>, RangeError> {
-        let prefix = format!("$KV.{}.", names::BUCKET_LOAD_RANGES);
-        let filter = format!("{prefix}range.>");
-        let subjects = tokio::time::timeout(Duration::from_secs(30), async {
-            let listing = self
-                .stream
-                .info_with_subjects(&filter)
-                .await
-                .map_err(|err| range_error("list", "range.*")(err.into()))?;
-            listing
-                .try_collect::<Vec<(String, usize)>>()
-                .await
-                .map_err(|err| range_error("list", "range.*")(err.into()))
-        })
+        let keys = gong_common::streams::list_kv_keys(
+            &self.stream,
+            names::BUCKET_LOAD_RANGES,
+            "range.",
+            Duration::from_secs(30),
+        )
         .await
-        .map_err(|_| range_error("list", "range.*")("timed out".into()))??;
-        Ok(subjects
-            .iter()
-            .filter_map(|(subject, _)| parse_range_key(subject.strip_prefix(&prefix)?))
-            .collect())
+        .map_err(|err| range_error("list", "range.*")(err.into()))?;
+        Ok(keys.iter().filter_map(|key| parse_range_key(key)).collect())
     }
 
     fn cached_done(&self, seq: u64) -> Option<Known> {

@@ -22,6 +22,10 @@ pub struct ReplayWindow {
     pub since: Option<DateTime<Utc>>,
     /// Last event time (inclusive), resolved to a sequence.
     pub until: Option<DateTime<Utc>>,
+    /// Files already on the stage: kept (the default: a replay restores what is missing) or
+    /// overwritten (`--overwrite`, after a fix to how rows are built; Snowflake then loads the
+    /// changed files again and the views keep one row per event).
+    pub existing: crate::range_writer::Existing,
 }
 
 /// Progress of a replay, reported after each range.
@@ -44,6 +48,8 @@ pub struct ReplaySummary {
     pub ranges: usize,
     /// Files written.
     pub files: usize,
+    /// Files already on the stage and kept as they were (not counted in `files`).
+    pub kept: usize,
     /// Events written (calls rows).
     pub events: usize,
     /// Sequences of the window after the manifest head (left to the live loader).
@@ -137,15 +143,18 @@ pub async fn replay(
         }
         let record = &known.record;
         let staged = ctx
-            .rewrite_range(record.first, record.last, &shutdown)
+            .rewrite_range(record.first, record.last, &shutdown, window.existing)
             .await?;
         if record.state == RangeState::Pending {
             // The files are durable now; holders of its messages may acknowledge them.
-            let _ = ctx.ranges.mark_done(record, known.revision).await;
+            ctx.ranges
+                .mark_done(record.first, record.last, known.revision)
+                .await;
         }
         ctx.report_durable(&staged);
         summary.ranges += 1;
-        summary.files += staged.files.len();
+        summary.kept += staged.files.iter().filter(|file| file.kept).count();
+        summary.files += staged.files.iter().filter(|file| !file.kept).count();
         summary.events += staged.events;
         on_progress(&ReplayProgress {
             done: summary.ranges,

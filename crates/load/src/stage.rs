@@ -229,6 +229,21 @@ impl Stage {
         path
     }
 
+    /// The size of the object at `relative`, or `None` when there is none. An object on the
+    /// stage is always complete (uploads become visible only once whole).
+    pub async fn existing_size(&self, relative: &str) -> Result<Option<u64>, StageError> {
+        use object_store::ObjectStoreExt;
+        let path = self.object_path(relative);
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(StageError::Read {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Uploads a local file to `relative`, streaming it in parts; visible only once complete.
     /// Returns the bytes written.
     pub async fn upload(&self, local: &std::path::Path, relative: &str) -> Result<u64, StageError> {

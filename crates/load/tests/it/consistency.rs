@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use gong_common::names;
 use gong_common::streams::{ensure_streams, StreamKind, StreamSettings};
 use gong_common::Env;
-use gong_load::range_writer::Ctx;
+use gong_load::range_writer::{Ctx, Existing};
 use gong_load::{LoadConfig, LoadError};
 use gong_testkit::cluster::NatsCluster;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +66,10 @@ async fn a_range_read_right_after_the_publish_ack_is_never_short() {
     let mut short = Vec::new();
     for index in 1..=400u64 {
         let seq = publish(&jetstream, &format!("ev-{index}"), event_json(index)).await;
-        let staged = ctx.rewrite_range(seq, seq, &never).await.expect("range");
+        let staged = ctx
+            .rewrite_range(seq, seq, &never, Existing::Keep)
+            .await
+            .expect("range");
         if staged.events != 1 {
             short.push(seq);
         }
@@ -93,7 +96,7 @@ async fn a_lost_spool_file_is_an_error_not_a_retry_loop() {
     let never = CancellationToken::new();
     let outcome = tokio::time::timeout(
         Duration::from_secs(60),
-        ctx.upload_with_retry(&spooled, 1, 3, &[], &never),
+        ctx.upload_with_retry(&spooled, 1, 3, &[], &never, Existing::Keep),
     )
     .await
     .expect("upload_with_retry retried a missing spool file instead of failing");

@@ -10,6 +10,7 @@ mod process;
 mod ranges;
 mod replay;
 mod replicas;
+mod robustness;
 mod s3;
 mod snowflake;
 mod verify;

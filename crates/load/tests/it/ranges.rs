@@ -23,7 +23,11 @@ async fn covering_reads_pending_ranges_again_but_not_done_ones() {
         panic!("a fresh bucket lost a claim");
     };
     let done = ranges.covering(2).await.unwrap().expect("range 1..=4");
-    assert!(ranges.mark_done(&done.record, revision).await.unwrap());
+    assert!(
+        ranges
+            .mark_done(done.record.first, done.record.last, revision)
+            .await
+    );
 
     // Both records vanish from the bucket behind the cache's back.
     let kv = jetstream

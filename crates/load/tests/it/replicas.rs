@@ -146,19 +146,35 @@ async fn one_loader_works_the_standby_takes_over_when_it_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loader_shutting_down_hands_the_lease_over_at_once() {
+async fn a_loader_shutting_down_flushes_then_hands_the_lease_over_at_once() {
     let harness = crate::support::Harness::new().await;
-    // An hour: the standby can only get the lease from a release, not from expiry.
-    let settings = [("LOAD_FLUSH_MAX_ROWS", "4"), ("LOAD_LEASE_TTL", "1h")];
+    // An hour: the standby can only get the lease from a release, not from expiry. A batch
+    // of up to 100 events, flushed after a minute: only the shutdown flushes it here.
+    let settings = [
+        ("LOAD_FLUSH_MAX_ROWS", "100"),
+        ("LOAD_FLUSH_MAX_AGE", "60s"),
+        ("LOAD_ACK_WAIT", "120s"),
+        ("LOAD_LEASE_TTL", "1h"),
+    ];
     let first = harness.spawn_loader_process(&settings).await;
     wait_until(TIMEOUT, "the first loader to hold the lease", || async {
         (metric_value(first.admin_addr, "gong_load_lease_active").await? == 1.0).then_some(())
     })
     .await;
+    let first_holder = lease_holder(&harness).await;
     let second = harness.spawn_loader_process(&settings).await;
     publish_events(&harness.jetstream, 1, 6).await;
-    // SIGTERM: the open batch (6 events, 4 per file: one range of 4, then 2 pending) is
-    // flushed, then the lease released.
+    // The first loader holds all six in its open batch.
+    wait_until(
+        TIMEOUT,
+        "six events in the first loader's open batch",
+        || async {
+            (metric_value(first.admin_addr, "gong_load_open_batch_events").await? == 6.0)
+                .then_some(())
+        },
+    )
+    .await;
+    // SIGTERM: the open batch is flushed by the first loader, then the lease released.
     first.stop().await;
     wait_until(
         TIMEOUT,
@@ -168,9 +184,31 @@ async fn a_loader_shutting_down_hands_the_lease_over_at_once() {
         },
     )
     .await;
+    wait_calls_rows(&harness.stage_dir(), 6).await;
+    harness.wait_all_acked().await;
+    let owners = range_owners(&harness).await;
+    assert_eq!(
+        owners,
+        vec![(1, first_holder.clone())],
+        "the batch must be flushed by the loader shutting down, before it lets the lease go"
+    );
+    assert_eq!(
+        metric_value(second.admin_addr, "gong_load_ranges_taken_over_total").await,
+        Some(0.0)
+    );
+    // The new holder works: its batch is flushed when it shuts down in turn.
     publish_events(&harness.jetstream, 7, 12).await;
+    wait_until(
+        TIMEOUT,
+        "six messages held by the second loader",
+        || async {
+            let info = crate::support::load_consumer_info(&harness.jetstream).await?;
+            (info.num_ack_pending == 6 && info.num_pending == 0).then_some(())
+        },
+    )
+    .await;
+    second.stop().await;
     wait_calls_rows(&harness.stage_dir(), 12).await;
     harness.wait_all_acked().await;
     assert_staged_once_in_disjoint_ranges(&harness, 12);
-    second.stop().await;
 }

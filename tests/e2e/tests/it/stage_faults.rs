@@ -16,10 +16,10 @@ use object_store::ObjectStore;
 use crate::support::pipeline::{
     both, poll, progress, wait_drained, Options, Pipeline, StageTarget,
 };
-use crate::support::proxy::Proxy;
 use crate::support::sender::{call_ids, Sender, Traffic};
 use crate::support::stage::{assert_clean, read_local, read_store, Staged, Verdict};
 use crate::support::{first_call_id, report, scaled};
+use gong_testkit::proxy::Proxy;
 
 /// Where the test reads the stage from (never through the fault).
 enum Reader {

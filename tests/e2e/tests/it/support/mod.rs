@@ -3,7 +3,6 @@
 pub mod content;
 pub mod pipeline;
 pub mod process;
-pub mod proxy;
 pub mod sender;
 pub mod stage;
 pub mod stream;

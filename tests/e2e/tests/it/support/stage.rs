@@ -2,7 +2,7 @@
 //! exactly-once verdict.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, StringArray};
@@ -150,6 +150,20 @@ fn calls_ids(bytes: Bytes) -> Result<Vec<(String, String)>, String> {
 /// Reads a local stage directory (missing: empty).
 pub fn read_local(root: &Path) -> Staged {
     let mut staged = Staged::default();
+    for (path, relative) in local_files(root) {
+        let wanted = relative.starts_with("calls/") && relative.ends_with(".parquet");
+        let bytes = wanted
+            .then(|| std::fs::read(&path).ok().map(Bytes::from))
+            .flatten();
+        staged.add(&relative, bytes);
+    }
+    staged
+}
+
+/// Every file below `root` (a missing or unreadable directory: none), with its path relative to
+/// `root`.
+fn local_files(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -166,14 +180,10 @@ pub fn read_local(root: &Path) -> Staged {
                 .expect("under the stage")
                 .to_string_lossy()
                 .to_string();
-            let wanted = relative.starts_with("calls/") && relative.ends_with(".parquet");
-            let bytes = wanted
-                .then(|| std::fs::read(&path).ok().map(Bytes::from))
-                .flatten();
-            staged.add(&relative, bytes);
+            files.push((path, relative));
         }
     }
-    staged
+    files
 }
 
 /// Reads every object under `prefix` of an S3 store.
@@ -340,46 +350,30 @@ pub struct FileRows {
 /// cannot read are returned as `Err(relative: reason)`.
 pub fn read_local_files(root: &Path) -> Vec<Result<FileRows, String>> {
     let mut files = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+    for (path, relative) in local_files(root) {
+        let parts: Vec<&str> = relative.split('/').collect();
+        let [table, dt, name] = parts[..] else {
             continue;
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-                continue;
-            }
-            let relative = path
-                .strip_prefix(root)
-                .expect("under the stage")
-                .to_string_lossy()
-                .to_string();
-            let parts: Vec<&str> = relative.split('/').collect();
-            let [table, dt, name] = parts[..] else {
-                continue;
-            };
-            let Some(range) = gong_load::stage::parse_file_name(name) else {
-                continue;
-            };
-            if !dt.starts_with("dt=") {
-                continue;
-            }
-            let read = std::fs::read(&path)
-                .map_err(|err| err.to_string())
-                .and_then(|bytes| rows_of(Bytes::from(bytes), table == "calls"));
-            files.push(
-                read.map(|(event_rows, seqs)| FileRows {
-                    table: table.to_string(),
-                    relative: relative.clone(),
-                    range,
-                    event_rows,
-                    seqs,
-                })
-                .map_err(|reason| format!("{relative}: {reason}")),
-            );
+        let Some(range) = gong_load::stage::parse_file_name(name) else {
+            continue;
+        };
+        if !dt.starts_with("dt=") {
+            continue;
         }
+        let read = std::fs::read(&path)
+            .map_err(|err| err.to_string())
+            .and_then(|bytes| rows_of(Bytes::from(bytes), table == "calls"));
+        files.push(
+            read.map(|(event_rows, seqs)| FileRows {
+                table: table.to_string(),
+                relative: relative.clone(),
+                range,
+                event_rows,
+                seqs,
+            })
+            .map_err(|reason| format!("{relative}: {reason}")),
+        );
     }
     files.sort_by(|a, b| match (a, b) {
         (Ok(a), Ok(b)) => (&a.table, a.range).cmp(&(&b.table, b.range)),

@@ -107,6 +107,16 @@ pub const BUCKET_TRANSCRIPT_RECHECKS: &str = "gong_transcript_rechecks";
 pub const LEASE_SWEEP: &str = "sweep";
 /// The transcript rechecks' lease (`gong_lease_transcripts`): one replica rechecks at a time.
 pub const LEASE_TRANSCRIPTS: &str = "transcripts";
+/// Single-key bucket (a `Register`) of gong-enrich's users job: the time (NATS server time) and
+/// counts of its last completed fetch of `GET /v2/users`, which decide when the next is due.
+pub const BUCKET_JOB_USERS: &str = "gong_job_users";
+/// Single-key bucket (a `Register`) of gong-enrich's answered scorecards job: the time and counts
+/// of its last completed fetch of `POST /v2/stats/activity/scorecards`.
+pub const BUCKET_JOB_SCORECARDS: &str = "gong_job_scorecards";
+/// The users job's lease (`gong_lease_users`): one replica fetches users at a time.
+pub const LEASE_USERS: &str = "users";
+/// The answered scorecards job's lease (`gong_lease_scorecards`): one replica at a time.
+pub const LEASE_SCORECARDS: &str = "scorecards";
 
 /// Message headers set by the stages. `Nats-Msg-Id` (JetStream's dedupe key) is set too.
 pub mod headers {

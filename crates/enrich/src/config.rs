@@ -79,6 +79,21 @@ pub struct SweepConfig {
     pub max_backlog: u64,
 }
 
+/// The entity jobs ([`crate::entities`]): users and answered scorecards fetched from Gong on a
+/// schedule, one replica at a time, under the sweep's lease ttl (`ENRICH_SWEEP_LEASE_TTL`).
+#[derive(Debug, Clone)]
+pub struct EntitiesConfig {
+    /// `ENRICH_USERS_REFRESH` (default `24h`; `0` or `off`: never): how often the deployment
+    /// fetches every user (`GET /v2/users`), and once when it never has.
+    pub users_refresh: Duration,
+    /// `ENRICH_SCORECARDS_REFRESH` (default `1h`; `0` or `off`: never): how often the deployment
+    /// fetches the answered scorecards reviewed in the lookback, and once when it never has.
+    pub scorecards_refresh: Duration,
+    /// `ENRICH_SCORECARDS_LOOKBACK` (default `7d`): the review dates each scorecards fetch
+    /// covers, ending now (widened by a day at each end for the company's unknown time zone).
+    pub scorecards_lookback: Duration,
+}
+
 /// Everything gong-enrich needs. `Debug` never prints the access key or its secret.
 #[derive(Debug, Clone)]
 pub struct EnrichConfig {
@@ -125,6 +140,8 @@ pub struct EnrichConfig {
     /// `ENRICH_TRANSCRIPT_RECHECK` (default `1h,6h,24h`; `off` for none): when a public call's
     /// transcript was not ready, how long after its first enrichment to ask again (increasing).
     pub transcript_recheck: Vec<Duration>,
+    /// The users and answered scorecards jobs.
+    pub entities: EntitiesConfig,
 }
 
 /// The default `contentSelector`.
@@ -341,6 +358,25 @@ impl EnrichConfig {
                         "must be increasing durations such as 1h,6h,24h, or off",
                     )
                 })?;
+        let entities = EntitiesConfig {
+            users_refresh: refresh(env, "ENRICH_USERS_REFRESH", Duration::from_secs(24 * 3600))?,
+            scorecards_refresh: refresh(
+                env,
+                "ENRICH_SCORECARDS_REFRESH",
+                Duration::from_secs(3600),
+            )?,
+            scorecards_lookback: positive_duration(
+                env,
+                "ENRICH_SCORECARDS_LOOKBACK",
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+        };
+        if entities.scorecards_lookback > Duration::from_secs(366 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "ENRICH_SCORECARDS_LOOKBACK",
+                "must be at most 366d",
+            ));
+        }
         let malformed_retries: i64 = env.parse_or("ENRICH_MALFORMED_RETRIES", 3)?;
         if malformed_retries < 0 {
             return Err(ConfigError::new(
@@ -374,6 +410,7 @@ impl EnrichConfig {
             shutdown_grace: env.duration_or("ENRICH_SHUTDOWN_GRACE", Duration::from_secs(25))?,
             sweep,
             transcript_recheck,
+            entities,
         })
     }
 }
@@ -393,6 +430,14 @@ fn parse_rechecks(raw: &str) -> Option<Vec<Duration>> {
         delays.push(delay);
     }
     Some(delays)
+}
+
+/// A job's refresh interval: a duration, or `0` / `off` for never (`Duration::ZERO`).
+fn refresh(env: &Env, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match env.get(var).map(str::trim) {
+        Some(raw) if raw.eq_ignore_ascii_case("off") || raw == "0" => Ok(Duration::ZERO),
+        _ => env.duration_or(var, default),
+    }
 }
 
 fn positive_duration(env: &Env, var: &str, default: Duration) -> Result<Duration, ConfigError> {
@@ -458,6 +503,18 @@ mod tests {
         assert_eq!(config.sweep.lookback, Duration::from_secs(72 * 3600));
         assert_eq!(config.sweep.max_backlog, 100);
         assert_eq!(
+            config.entities.users_refresh,
+            Duration::from_secs(24 * 3600)
+        );
+        assert_eq!(
+            config.entities.scorecards_refresh,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            config.entities.scorecards_lookback,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(
             config.transcript_recheck,
             [1, 6, 24].map(|hours| Duration::from_secs(hours * 3600))
         );
@@ -503,6 +560,10 @@ mod tests {
             ("ENRICH_SWEEP_MAX_BACKLOG", "0"),
             ("ENRICH_TRANSCRIPT_RECHECK", "6h,1h"),
             ("ENRICH_TRANSCRIPT_RECHECK", "1h,x"),
+            ("ENRICH_USERS_REFRESH", "daily"),
+            ("ENRICH_SCORECARDS_REFRESH", "-1h"),
+            ("ENRICH_SCORECARDS_LOOKBACK", "0"),
+            ("ENRICH_SCORECARDS_LOOKBACK", "400d"),
         ] {
             let err = EnrichConfig::from_env(&env(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{value}");
@@ -532,6 +593,13 @@ mod tests {
         .unwrap();
         assert!(config.sweep.interval.is_zero());
         assert!(config.transcript_recheck.is_empty());
+        let jobs_off = EnrichConfig::from_env(&env(&[
+            ("ENRICH_USERS_REFRESH", "off"),
+            ("ENRICH_SCORECARDS_REFRESH", "0"),
+        ]))
+        .unwrap();
+        assert!(jobs_off.entities.users_refresh.is_zero());
+        assert!(jobs_off.entities.scorecards_refresh.is_zero());
         assert_eq!(
             parse_rechecks("30m, 2h"),
             Some(vec![Duration::from_secs(1800), Duration::from_secs(7200)])

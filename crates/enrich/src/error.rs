@@ -86,6 +86,27 @@ pub enum EnrichError {
     /// goes on from the checkpoint; this one stops.
     #[error("sweep: another process took the sweep over")]
     SweepTakenOver,
+    /// A Gong fetch of an entity job (users, answered scorecards) failed after the in-process
+    /// retries; the job tries again at its next tick.
+    #[error("{job} job: cannot fetch from gong: {source}")]
+    FetchEntities {
+        /// `users` or `scorecards`.
+        job: &'static str,
+        /// Cause.
+        #[source]
+        source: GongError,
+    },
+    /// An entity event could not be published to `GONG_ENRICHED` (or its ack did not come).
+    #[error("{job} job: cannot publish entity event {event_id}: {source}")]
+    PublishEntity {
+        /// `users` or `scorecards`.
+        job: &'static str,
+        /// The event's id (`Nats-Msg-Id`).
+        event_id: String,
+        /// Cause.
+        #[source]
+        source: PublishError,
+    },
     /// `--since` is not before `--until`.
     #[error("sweep: the window is empty ({since} is not before {until})")]
     EmptyWindow {
@@ -190,6 +211,10 @@ pub enum Endpoint {
     Transcript,
     /// `POST /v2/calls/extensive` listing a date range (the sweep).
     List,
+    /// `GET /v2/users` (the users job; the cursor in the query string).
+    Users,
+    /// `POST /v2/stats/activity/scorecards` (the answered scorecards job).
+    Scorecards,
 }
 
 impl Endpoint {
@@ -198,6 +223,8 @@ impl Endpoint {
         match self {
             Endpoint::Extensive | Endpoint::List => "/v2/calls/extensive",
             Endpoint::Transcript => "/v2/calls/transcript",
+            Endpoint::Users => "/v2/users",
+            Endpoint::Scorecards => "/v2/stats/activity/scorecards",
         }
     }
 
@@ -207,6 +234,8 @@ impl Endpoint {
             Endpoint::Extensive => "extensive",
             Endpoint::Transcript => "transcript",
             Endpoint::List => "list",
+            Endpoint::Users => "users",
+            Endpoint::Scorecards => "scorecards",
         }
     }
 }

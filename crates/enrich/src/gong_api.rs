@@ -8,6 +8,11 @@
 //! under the configured `contentSelector`) per request; 404 is an empty window. Calls the
 //! listing already returned are not fetched again ([`GongApi::fetch_batch_with`]).
 //!
+//! The entity jobs ([`crate::entities`]) page through `GET /v2/users` ([`GongApi::users_page`],
+//! the cursor in the query string) and `POST /v2/stats/activity/scorecards`
+//! ([`GongApi::scorecards_page`], review dates and the cursor in the body) with the same quota,
+//! retries and 404-is-empty rule.
+//!
 //! Answers map back per call: a call absent from the answer (deleted) is simply missing from
 //! [`BatchAnswer::calls`]; a call whose JSON does not fit Gong's documented shape is listed in
 //! [`BatchAnswer::malformed`] without spoiling the others.
@@ -15,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use gong_common::gong::{Call, CallTranscript, Monologue, Records};
 use rand::Rng;
 use serde::Deserialize;
@@ -70,6 +75,10 @@ struct Envelope {
     calls: Option<Vec<Value>>,
     #[serde(default, rename = "callTranscripts")]
     call_transcripts: Option<Vec<Value>>,
+    #[serde(default)]
+    users: Option<Vec<Value>>,
+    #[serde(default, rename = "answeredScorecards")]
+    answered_scorecards: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -92,6 +101,21 @@ enum Filter<'a> {
     Ids(&'a [String]),
     /// Every call started in `[from, to)`.
     Window(DateTime<Utc>, DateTime<Utc>),
+    /// No filter (`GET /v2/users`: every user).
+    Everything,
+    /// Answered scorecards reviewed on dates `[from, to)` (the company's time zone).
+    ReviewDates(NaiveDate, NaiveDate),
+}
+
+/// One page of an entity listing (users, answered scorecards).
+#[derive(Debug, Clone, Default)]
+pub struct EntityPage {
+    /// The items as Gong sent them (ids may be JSON numbers; unknown fields kept).
+    pub items: Vec<Value>,
+    /// The next page's cursor; `None` on the last page.
+    pub cursor: Option<String>,
+    /// `records.totalRecords`, when Gong says.
+    pub total: Option<u64>,
 }
 
 /// One page of a listing by date.
@@ -303,6 +327,51 @@ impl GongApi {
         })
     }
 
+    /// One page of `GET /v2/users` (`cursor`: the previous page's, sent as `?cursor=`), retried
+    /// in process like every request, one slot of the shared quota at `priority`. 404 is an
+    /// empty page.
+    pub async fn users_page(
+        &self,
+        cursor: Option<&str>,
+        priority: Priority,
+    ) -> Result<EntityPage, GongError> {
+        let page = self
+            .with_retries(|| self.page(Endpoint::Users, Filter::Everything, cursor, priority))
+            .await?;
+        Ok(EntityPage {
+            items: page.items,
+            cursor: page.cursor,
+            total: page.total,
+        })
+    }
+
+    /// One page of `POST /v2/stats/activity/scorecards` for the scorecards reviewed on dates
+    /// `[from, to)` (`reviewFromDate` inclusive, `reviewToDate` exclusive, `YYYY-MM-DD`; the cursor
+    /// in the body), retried in process, one slot at `priority`. 404 is an empty page.
+    pub async fn scorecards_page(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        cursor: Option<&str>,
+        priority: Priority,
+    ) -> Result<EntityPage, GongError> {
+        let page = self
+            .with_retries(|| {
+                self.page(
+                    Endpoint::Scorecards,
+                    Filter::ReviewDates(from, to),
+                    cursor,
+                    priority,
+                )
+            })
+            .await?;
+        Ok(EntityPage {
+            items: page.items,
+            cursor: page.cursor,
+            total: page.total,
+        })
+    }
+
     async fn with_retries<F, Fut, T>(&self, mut attempt: F) -> Result<T, GongError>
     where
         F: FnMut() -> Fut,
@@ -381,11 +450,21 @@ impl GongApi {
                 }}),
                 0,
             ),
+            Filter::Everything => (serde_json::json!({}), 0),
+            Filter::ReviewDates(from, to) => (
+                serde_json::json!({"filter": {
+                    "reviewFromDate": from.format("%Y-%m-%d").to_string(),
+                    "reviewToDate": to.format("%Y-%m-%d").to_string(),
+                }}),
+                0,
+            ),
         };
         if let Endpoint::Extensive | Endpoint::List = endpoint {
             body["contentSelector"] = self.config.content_selector.clone();
         }
-        if let Some(cursor) = cursor {
+        // `GET /v2/users` takes its cursor in the query string; the POST endpoints in the body.
+        let get = matches!(endpoint, Endpoint::Users);
+        if let (Some(cursor), false) = (cursor, get) {
             body["cursor"] = Value::String(cursor.to_string());
         }
         self.limiter.acquire(priority).await?;
@@ -394,14 +473,21 @@ impl GongApi {
         }
         let url = format!("{}{}", self.config.base_url, endpoint.path());
         let started = Instant::now();
-        let sent = self
-            .http
-            .post(&url)
+        let request = if get {
+            match cursor {
+                Some(cursor) => self
+                    .http
+                    .get(format!("{url}?cursor={}", percent_encode(cursor))),
+                None => self.http.get(&url),
+            }
+        } else {
+            self.http.post(&url).json(&body)
+        };
+        let sent = request
             .basic_auth(
                 &self.config.access_key,
                 Some(&self.config.access_key_secret),
             )
-            .json(&body)
             .send()
             .await;
         let response = match sent {
@@ -491,6 +577,8 @@ fn parse_page(endpoint: Endpoint, bytes: &[u8]) -> Result<Page, GongError> {
     let items = match endpoint {
         Endpoint::Extensive | Endpoint::List => envelope.calls,
         Endpoint::Transcript => envelope.call_transcripts,
+        Endpoint::Users => envelope.users,
+        Endpoint::Scorecards => envelope.answered_scorecards,
     };
     let Some(items) = items else {
         return Err(GongError::Malformed {
@@ -511,6 +599,19 @@ fn parse_page(endpoint: Endpoint, bytes: &[u8]) -> Result<Page, GongError> {
         cursor,
         total,
     })
+}
+
+/// `text` as a query-string value: every byte but RFC 3986's unreserved ones percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn item_id(item: &Value, pointer: &str) -> Option<String> {
@@ -550,6 +651,32 @@ mod tests {
                 "{failures}: {delay:?}"
             );
         }
+    }
+
+    #[test]
+    fn query_cursors_are_percent_encoded() {
+        assert_eq!(percent_encode("aB3-_.~"), "aB3-_.~");
+        assert_eq!(percent_encode("a+b/c=="), "a%2Bb%2Fc%3D%3D");
+    }
+
+    #[test]
+    fn entity_pages_read_their_own_items() {
+        let users = parse_page(
+            Endpoint::Users,
+            br#"{"records":{"totalRecords":3,"cursor":"n"},"users":[{"id":1},{"id":"2"}]}"#,
+        )
+        .unwrap();
+        assert_eq!((users.items.len(), users.cursor.as_deref()), (2, Some("n")));
+        let cards = parse_page(
+            Endpoint::Scorecards,
+            br#"{"records":{"totalRecords":1},"answeredScorecards":[{"answeredScorecardId":5}]}"#,
+        )
+        .unwrap();
+        assert_eq!((cards.items.len(), cards.cursor), (1, None));
+        assert!(matches!(
+            parse_page(Endpoint::Users, br#"{"records":{},"calls":[]}"#),
+            Err(GongError::Malformed { .. })
+        ));
     }
 
     #[test]

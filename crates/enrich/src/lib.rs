@@ -18,12 +18,15 @@
 //!   Gong's calls by date and injects those that never reached `GONG_RAW`.
 //! - `seen.rs`: the index of calls seen (`gong_calls_seen`) the sweep checks.
 //! - `rechecks.rs`: late transcripts, rechecked on `ENRICH_TRANSCRIPT_RECHECK`.
+//! - `entities.rs`: the users and answered scorecards jobs (`ENRICH_USERS_REFRESH`,
+//!   `ENRICH_SCORECARDS_REFRESH`), published to `gong.enriched.user` / `gong.enriched.scorecard`.
 //! - `metrics.rs`: `gong_enrich_*` metrics.
 //!
 //! **Invariant**: a raw event is acked only after its enriched event (or its dead letter) is
 //! acknowledged by JetStream; every Gong request first takes a slot from the shared quota.
 
 pub mod config;
+pub mod entities;
 pub mod error;
 pub mod gong_api;
 pub mod metrics;
@@ -143,12 +146,42 @@ pub async fn start(
                 config.sweep.lease_ttl,
             )
             .await?;
+            let mut jobs = Vec::new();
+            for (job, interval) in [
+                (entities::Job::Users, config.entities.users_refresh),
+                (
+                    entities::Job::Scorecards,
+                    config.entities.scorecards_refresh,
+                ),
+            ] {
+                if interval.is_zero() {
+                    continue;
+                }
+                let checkpoint = entities::checkpoint(&jetstream, settings, job).await?;
+                let lease = Lease::open(
+                    &jetstream,
+                    settings,
+                    job.lease(),
+                    owner.clone(),
+                    config.sweep.lease_ttl,
+                )
+                .await?;
+                jobs.push((job, interval, checkpoint, lease));
+            }
             let consumer = worker::ensure_consumer(&jetstream, &config).await?;
-            Ok::<_, EnrichError>((limiter, seen, rechecks, sweep, recheck_lease, consumer))
+            Ok::<_, EnrichError>((
+                limiter,
+                seen,
+                rechecks,
+                sweep,
+                recheck_lease,
+                jobs,
+                consumer,
+            ))
         },
     )
     .await?;
-    let Some((limiter, seen, rechecks, sweep, recheck_lease, consumer)) = provisioned else {
+    let Some((limiter, seen, rechecks, sweep, recheck_lease, jobs, consumer)) = provisioned else {
         return Err(EnrichError::Interrupted);
     };
     // Publishes the quota gauges from the shared state before the first scrape (a spent or
@@ -161,6 +194,11 @@ pub async fn start(
     if let Some((checkpoint, _)) = &sweep {
         if let Err(error) = sweep::publish_gauges(checkpoint).await {
             tracing::warn!(%error, "cannot read the sweep checkpoint");
+        }
+    }
+    for (job, interval, checkpoint, _) in &jobs {
+        if let Err(error) = entities::publish_gauges(*job, checkpoint, *interval).await {
+            tracing::warn!(job = job.name(), %error, "cannot read the job's checkpoint");
         }
     }
     match rechecks.pending().await {
@@ -190,6 +228,19 @@ pub async fn start(
             shutdown.clone(),
         )));
     }
+    for (job, interval, checkpoint, lease) in jobs {
+        let entity_job = entities::EntityJob {
+            job,
+            jetstream: jetstream.clone(),
+            api: api.clone(),
+            checkpoint,
+            lease,
+            interval,
+            lookback: config.entities.scorecards_lookback,
+            lease_ttl: config.sweep.lease_ttl,
+        };
+        background.push(tokio::spawn(entities::run(entity_job, shutdown.clone())));
+    }
     if rechecks.enabled() {
         background.push(tokio::spawn(rechecks::run(
             rechecks.clone(),
@@ -211,7 +262,8 @@ pub async fn start(
     };
     let task = tokio::spawn(async move {
         let outcome = worker::run(worker, shutdown).await;
-        // The sweep and the rechecks stop on the same shutdown (releasing their leases).
+        // The sweep, the rechecks and the entity jobs stop on the same shutdown (releasing their
+        // leases).
         for task in background {
             let _ = task.await;
         }

@@ -7,14 +7,18 @@ use gong_enrich::{EnrichConfig, ProgressMode, ReplayOptions, ReplayStart, SweepO
 
 /// Enriches raw Gong call webhooks (GONG_RAW, gong.raw.call) through Gong's REST API and
 /// publishes enriched call events (GONG_ENRICHED), batching call ids under one shared quota.
+/// Also fetches Gong's users (every ENRICH_USERS_REFRESH, default 24h) and the answered
+/// scorecards reviewed in ENRICH_SCORECARDS_LOOKBACK (default 7d, every
+/// ENRICH_SCORECARDS_REFRESH, default 1h), one replica at a time, and publishes them to
+/// gong.enriched.user and gong.enriched.scorecard.
 ///
 /// Configuration comes from environment variables: NATS_URL, ADMIN_ADDR, LOG_FORMAT, RUST_LOG,
 /// GONG_API_BASE_URL, GONG_ACCESS_KEY, GONG_ACCESS_KEY_SECRET, GONG_RATE_LIMIT_PER_SECOND,
 /// GONG_DAILY_QUOTA, ENRICH_BATCH_SIZE, ENRICH_BATCH_LINGER, ENRICH_BATCH_LINGER_MAX,
 /// ENRICH_PACE_SLACK, ENRICH_ACK_WAIT, ENRICH_MAX_DELIVER, ENRICH_MAX_ACK_PENDING,
 /// ENRICH_MALFORMED_RETRIES, ENRICH_BACKFILL_DAILY_RESERVE, ENRICH_CONTENT_SELECTOR,
-/// ENRICH_SWEEP_INTERVAL, ENRICH_SWEEP_LOOKBACK, ENRICH_TRANSCRIPT_RECHECK and the other ENRICH_*
-/// settings.
+/// ENRICH_SWEEP_INTERVAL, ENRICH_SWEEP_LOOKBACK, ENRICH_TRANSCRIPT_RECHECK, ENRICH_USERS_REFRESH,
+/// ENRICH_SCORECARDS_REFRESH, ENRICH_SCORECARDS_LOOKBACK and the other ENRICH_* settings.
 #[derive(Parser)]
 #[command(name = "gong-enrich", version)]
 struct Cli {

@@ -23,6 +23,16 @@
 //! - `gong_enrich_transcript_rechecks_total{result}`: rechecks that `found` the transcript,
 //!   found it `not_yet` (another recheck follows), or gave up (`missing`, after the last one).
 //!
+//! - `gong_enrich_entities_total{job,result}`: users and answered scorecards (`job` `users`,
+//!   `scorecards`) `published` to `GONG_ENRICHED` (acknowledged) or `skipped` (no id,
+//!   unreadable, too large; each logged) by this process.
+//! - `gong_enrich_entities_last_success_timestamp_seconds{job}`: NATS server time of the
+//!   deployment's last completed fetch of the job (before the first: when the job was first set
+//!   up), read from its checkpoint, the same on every replica. Absent for a job turned off.
+//! - `gong_enrich_entities_last_published{job}`: events the last completed fetch published.
+//! - `gong_enrich_entities_interval_seconds{job}`: the job's refresh interval
+//!   (`ENRICH_USERS_REFRESH`, `ENRICH_SCORECARDS_REFRESH`), for the staleness alert.
+//!
 //! `gong-enrich replay` runs as a command with no metrics endpoint: its counts are in its
 //! summary and logs, not here.
 
@@ -46,8 +56,15 @@ pub const EVENT_OUTCOMES: &[&str] = &[
 /// `timeout`...) appear when they first happen.
 pub const API_STATUSES: &[&str] = &["200", "401", "403"];
 
-/// `endpoint` values (`list`: the sweep's listing by date).
-pub const ENDPOINTS: &[&str] = &["extensive", "transcript", "list"];
+/// `endpoint` values (`list`: the sweep's listing by date; `users`, `scorecards`: the entity
+/// jobs).
+pub const ENDPOINTS: &[&str] = &["extensive", "transcript", "list", "users", "scorecards"];
+
+/// `job` values of the entity metrics.
+pub const ENTITY_JOBS: &[&str] = &["users", "scorecards"];
+
+/// `result` values of `gong_enrich_entities_total`.
+pub const ENTITY_RESULTS: &[&str] = &["published", "skipped"];
 
 /// `result` values of `gong_enrich_sweep_calls_total` and `gong_enrich_sweep_last_calls`.
 pub const SWEEP_RESULTS: &[&str] = &["listed", "present", "injected"];
@@ -78,6 +95,12 @@ pub fn register() {
     for result in SWEEP_RESULTS {
         metrics::counter!("gong_enrich_sweep_calls_total", "result" => *result).increment(0);
     }
+    for job in ENTITY_JOBS {
+        for result in ENTITY_RESULTS {
+            metrics::counter!("gong_enrich_entities_total", "job" => *job, "result" => *result)
+                .increment(0);
+        }
+    }
     for result in RECHECK_RESULTS {
         metrics::counter!("gong_enrich_transcript_rechecks_total", "result" => *result)
             .increment(0);
@@ -105,6 +128,22 @@ pub fn sweep_last(success_seconds: f64, listed: u64, present: u64, injected: u64
     ] {
         metrics::gauge!("gong_enrich_sweep_last_calls", "result" => result).set(count as f64);
     }
+}
+
+/// Entity events of `job` published or skipped (`result`).
+pub fn entities(job: &'static str, result: &'static str, count: u64) {
+    metrics::counter!("gong_enrich_entities_total", "job" => job, "result" => result)
+        .increment(count);
+}
+
+/// The deployment's last completed fetch of `job` (server time, seconds), what it published, and
+/// the job's interval.
+pub fn entities_last(job: &'static str, success_seconds: f64, published: u64, interval: Duration) {
+    metrics::gauge!("gong_enrich_entities_last_success_timestamp_seconds", "job" => job)
+        .set(success_seconds);
+    metrics::gauge!("gong_enrich_entities_last_published", "job" => job).set(published as f64);
+    metrics::gauge!("gong_enrich_entities_interval_seconds", "job" => job)
+        .set(interval.as_secs_f64());
 }
 
 /// Calls waiting for a late transcript.

@@ -248,14 +248,18 @@ impl Checkpoint {
         settings: &StreamSettings,
         kind: SweepKind,
     ) -> Result<Checkpoint, ProvisionError> {
-        let register = Register::open(
-            jetstream,
-            kind.bucket(),
-            CHECKPOINT_KEY,
-            Duration::ZERO,
-            settings,
-        )
-        .await?;
+        Checkpoint::open_bucket(jetstream, settings, kind.bucket()).await
+    }
+
+    /// Opens (creating if missing) a checkpoint in the single-key bucket `bucket`: the same
+    /// state, ticks and server-time completions for another scheduled job (the entity jobs).
+    pub async fn open_bucket(
+        jetstream: &jetstream::Context,
+        settings: &StreamSettings,
+        bucket: &str,
+    ) -> Result<Checkpoint, ProvisionError> {
+        let register =
+            Register::open(jetstream, bucket, CHECKPOINT_KEY, Duration::ZERO, settings).await?;
         Ok(Checkpoint { register })
     }
 
@@ -284,8 +288,13 @@ impl Checkpoint {
         })
     }
 
-    /// Writes `state` if the checkpoint is still at `expected`.
-    async fn write(&self, state: &SweepState, expected: Option<u64>) -> Result<u64, EnrichError> {
+    /// Writes `state` if the checkpoint is still at `expected` (`SweepTakenOver` when another
+    /// process wrote it meanwhile).
+    pub(crate) async fn write(
+        &self,
+        state: &SweepState,
+        expected: Option<u64>,
+    ) -> Result<u64, EnrichError> {
         let value = Bytes::from(serde_json::to_vec(state).unwrap_or_default());
         match self.register.write(value, expected).await {
             Ok(revision) => Ok(revision),
@@ -650,16 +659,16 @@ impl Sweeper {
     }
 }
 
-/// The sweep lease, held.
-struct Held {
-    state: watch::Receiver<LeaseState>,
+/// A job's lease (the sweep's, an entity job's), held.
+pub(crate) struct Held {
+    pub(crate) state: watch::Receiver<LeaseState>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Held {
     /// Releases the lease (a standby takes it within a poll).
-    async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
@@ -678,7 +687,7 @@ impl Drop for Held {
 }
 
 /// Runs for the lease until it is held (`None`: until `wait` passed or shutdown).
-async fn acquire(
+pub(crate) async fn acquire(
     lease: &Lease,
     wait: Option<Duration>,
     shutdown: &CancellationToken,

@@ -83,6 +83,9 @@ impl Harness {
             // The sweep's tests turn it on; elsewhere its listing requests would only blur the
             // counts of Gong requests.
             ("ENRICH_SWEEP_INTERVAL", "0".to_string()),
+            // Likewise the users and scorecards jobs (the entities tests turn them on).
+            ("ENRICH_USERS_REFRESH", "off".to_string()),
+            ("ENRICH_SCORECARDS_REFRESH", "off".to_string()),
         ])
     }
 

@@ -76,7 +76,8 @@ async fn ledger(harness: &Harness) -> BTreeMap<String, FileRecord> {
         .unwrap_or_default()
 }
 
-/// Waits until every staged file has a record and `done` holds for the ledger.
+/// Waits until every table's file of the one event is staged, each has a record, and `done`
+/// holds for the ledger.
 async fn wait_ledger(
     harness: &Harness,
     what: &str,
@@ -85,7 +86,10 @@ async fn wait_ledger(
     wait_until(Duration::from_secs(60), what, || async {
         let staged: Vec<String> = read_stage(&harness.stage_dir()).into_keys().collect();
         let records = ledger(harness).await;
-        let complete = !staged.is_empty() && staged.iter().all(|path| records.contains_key(path));
+        // Every test here stages one event: a file of each table it has rows for (the files of
+        // a range are written one after another, so fewer means the range is still going out).
+        let complete = staged.len() == call_tables().len()
+            && staged.iter().all(|path| records.contains_key(path));
         (complete && done(&records)).then_some(records)
     })
     .await

@@ -36,6 +36,17 @@
 //! `speakerId`, CRM context, topics, trackers, brief, outline, highlights, interaction stats,
 //! comments and a transcript of several monologues with sentence times in milliseconds.
 //!
+//! - **Users**: `GET /v2/users` pages through the users seeded with [`GongDouble::add_users`]
+//!   (in the order added), [`GongDoubleConfig::page_size`] per page, the cursor in the **query
+//!   string** (`?cursor=`; a body is ignored, as for any GET); 404 when there are none.
+//! - **Answered scorecards**: `POST /v2/stats/activity/scorecards` with
+//!   `filter{reviewFromDate, reviewToDate}` (`YYYY-MM-DD`, anything else is `400`) answers the
+//!   scorecards seeded with [`GongDouble::add_answered_scorecards`] whose `reviewTime`, as a
+//!   date in the company's time zone ([`GongDouble::set_company_utc_offset`], default UTC), is
+//!   in `[reviewFromDate, reviewToDate)`; ids are JSON **numbers**, as Gong sends them; the
+//!   cursor in the body; 404 when none matches. Both endpoints are authenticated, limited and
+//!   counted like the call endpoints, and take injected faults.
+//!
 //! Fault injection ([`GongDouble::set_fault`]): the next N admitted requests answer 500, 429
 //! with a given `Retry-After`, slowly, with a truncated JSON body, or 401. Counters
 //! ([`GongDouble::stats`]): requests per endpoint, call ids per request, 429s sent, violations.
@@ -68,6 +79,15 @@ pub const DEFAULT_ACCESS_KEY: &str = "double-access-key";
 pub const DEFAULT_ACCESS_KEY_SECRET: &str = "double-access-key-secret";
 /// The `errors[0]` of a 404 answer.
 pub const NO_CALLS_FOUND: &str = "No calls found corresponding to the provided filters";
+/// Path of the users endpoint (`GET`).
+pub const USERS_PATH: &str = "/v2/users";
+/// Path of the answered scorecards endpoint (`POST`).
+pub const SCORECARDS_PATH: &str = "/v2/stats/activity/scorecards";
+/// The `errors[0]` of a 404 answer of the users endpoint.
+pub const NO_USERS_FOUND: &str = "No users found corresponding to the provided filters";
+/// The `errors[0]` of a 404 answer of the answered scorecards endpoint.
+pub const NO_SCORECARDS_FOUND: &str =
+    "No answered scorecards found corresponding to the provided filters";
 
 /// How the double behaves.
 #[derive(Debug, Clone)]
@@ -198,6 +218,12 @@ struct State {
     history: HashMap<String, DateTime<Utc>>,
     /// Calls whose transcript is empty until the moment (`None`: until released).
     transcript_ready: HashMap<String, Option<Instant>>,
+    /// Users of `GET /v2/users`, in order.
+    users: Vec<Value>,
+    /// Answered scorecards, with their review time.
+    scorecards: Vec<(DateTime<Utc>, Value)>,
+    /// The company's time zone (scorecard review dates).
+    company_offset: FixedOffset,
     stats: GongStats,
     request_counter: u64,
 }
@@ -248,6 +274,9 @@ impl GongDouble {
                 padded: HashMap::new(),
                 history: HashMap::new(),
                 transcript_ready: HashMap::new(),
+                users: Vec::new(),
+                scorecards: Vec::new(),
+                company_offset: FixedOffset::east_opt(0).expect("zero offset is valid"),
                 stats: GongStats::default(),
                 request_counter: 0,
             }),
@@ -345,6 +374,53 @@ impl GongDouble {
     /// `call_id`'s transcript is served from now on.
     pub fn release_transcript(&self, call_id: &str) {
         self.shared.state().transcript_ready.remove(call_id);
+    }
+
+    /// Adds users to `GET /v2/users` (served in the order added, as given: see [`user_json`]).
+    pub fn add_users<I: IntoIterator<Item = Value>>(&self, users: I) {
+        self.shared.state().users.extend(users);
+    }
+
+    /// Replaces user `id`'s JSON (an edited user), or adds it.
+    pub fn replace_user(&self, user: Value) {
+        let mut state = self.shared.state();
+        let id = user.get("id").cloned();
+        match state
+            .users
+            .iter_mut()
+            .find(|known| known.get("id") == id.as_ref())
+        {
+            Some(known) => *known = user,
+            None => state.users.push(user),
+        }
+    }
+
+    /// Adds answered scorecards (see [`answered_scorecard_json`]); each needs a `reviewTime`
+    /// (ISO-8601 with offset), which the review-date filter reads. Returns how many were added
+    /// (those without a readable `reviewTime` are not).
+    pub fn add_answered_scorecards<I: IntoIterator<Item = Value>>(&self, scorecards: I) -> usize {
+        let mut state = self.shared.state();
+        let mut added = 0;
+        for card in scorecards {
+            let Some(reviewed) = card
+                .get("reviewTime")
+                .and_then(Value::as_str)
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            else {
+                continue;
+            };
+            state.scorecards.push((reviewed.with_timezone(&Utc), card));
+            added += 1;
+        }
+        added
+    }
+
+    /// The company's time zone as an offset from UTC in minutes (default 0): review dates of
+    /// answered scorecards are dates there, as in Gong.
+    pub fn set_company_utc_offset(&self, minutes: i32) {
+        if let Some(offset) = FixedOffset::east_opt(minutes * 60) {
+            self.shared.state().company_offset = offset;
+        }
     }
 
     /// Changes the limits (the window and today's count are kept).
@@ -449,9 +525,25 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> HttpResponse
         _ => {}
     }
 
+    if path == USERS_PATH {
+        if method != Method::GET {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &request_id,
+                "Method not allowed",
+            );
+        }
+        let cursor = query.split('&').find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name == "cursor").then(|| percent_decode(value))
+        });
+        return answer_users(&shared, cursor, &request_id);
+    }
+    // `None`: the answered scorecards endpoint.
     let endpoint = match path.as_str() {
-        EXTENSIVE_PATH => Endpoint::Extensive,
-        TRANSCRIPT_PATH => Endpoint::Transcript,
+        EXTENSIVE_PATH => Some(Endpoint::Extensive),
+        TRANSCRIPT_PATH => Some(Endpoint::Transcript),
+        SCORECARDS_PATH => None,
         _ => return error_response(StatusCode::NOT_FOUND, &request_id, "Unknown endpoint"),
     };
     if method != Method::POST {
@@ -471,7 +563,10 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> HttpResponse
             "cursor must be sent in the JSON request body, not in the query string",
         );
     }
-    let response = answer(&shared, endpoint, &body, &request_id);
+    let response = match endpoint {
+        Some(endpoint) => answer(&shared, endpoint, &body, &request_id),
+        None => answer_scorecards(&shared, &body, &request_id),
+    };
     if fault == Some(Fault::TruncatedBody) {
         let (parts, full) = response.into_parts();
         let bytes = match full.collect().await {
@@ -562,6 +657,246 @@ fn admit(shared: &Shared, authorization: Option<&str>) -> Admission {
 enum Endpoint {
     Extensive,
     Transcript,
+}
+
+/// `%XX` sequences decoded (a query-string value); invalid ones are kept as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = bytes
+            .get(index + 1..index + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[index], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                index += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                index += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `records` for a page of `page_len` items at `offset` of `total`, with the next cursor.
+fn page_records(
+    total: usize,
+    offset: usize,
+    page_len: usize,
+    page_size: usize,
+    fingerprint: u64,
+) -> Value {
+    let next = offset + page_len;
+    let mut records = json!({
+        "totalRecords": total,
+        "currentPageSize": page_len,
+        "currentPageNumber": offset / page_size.max(1),
+    });
+    if next < total {
+        records["cursor"] = Value::String(encode_cursor(next, fingerprint));
+    }
+    records
+}
+
+fn answer_users(shared: &Shared, cursor: Option<String>, request_id: &str) -> HttpResponse {
+    let fingerprint = fingerprint(&["users".to_string()]);
+    let offset = match cursor {
+        None => 0,
+        Some(cursor) => match decode_cursor(&cursor, fingerprint) {
+            Some(offset) => offset,
+            None => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    request_id,
+                    "cursor is invalid or does not belong to this request",
+                )
+            }
+        },
+    };
+    let users = shared.state().users.clone();
+    if users.is_empty() {
+        return error_response(StatusCode::NOT_FOUND, request_id, NO_USERS_FOUND);
+    }
+    let page_size = shared.page_size;
+    let page: Vec<Value> = users.iter().skip(offset).take(page_size).cloned().collect();
+    let records = page_records(users.len(), offset, page.len(), page_size, fingerprint);
+    json_response(
+        StatusCode::OK,
+        &json!({"requestId": request_id, "records": records, "users": page}),
+    )
+}
+
+fn answer_scorecards(shared: &Shared, body: &[u8], request_id: &str) -> HttpResponse {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            request_id,
+            "Request body is not valid JSON",
+        );
+    };
+    let mut bounds = [None, None];
+    for (slot, field) in bounds.iter_mut().zip(["reviewFromDate", "reviewToDate"]) {
+        match request.pointer(&format!("/filter/{field}")) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(text)) => {
+                let parsed = (text.len() == 10)
+                    .then(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+                    .flatten();
+                match parsed {
+                    Some(date) => *slot = Some((text.clone(), date)),
+                    None => {
+                        return error_response(
+                            StatusCode::BAD_REQUEST,
+                            request_id,
+                            &format!("filter.{field} must be a date in the format YYYY-MM-DD"),
+                        )
+                    }
+                }
+            }
+            Some(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    request_id,
+                    &format!("filter.{field} must be a string"),
+                )
+            }
+        }
+    }
+    let [from, to] = bounds;
+    let text = |side: &Option<(String, NaiveDate)>| {
+        side.as_ref()
+            .map(|(text, _)| text.clone())
+            .unwrap_or_default()
+    };
+    let fingerprint = fingerprint(&["scorecards".to_string(), text(&from), text(&to)]);
+    let offset = match request.get("cursor") {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(cursor)) => match decode_cursor(cursor, fingerprint) {
+            Some(offset) => offset,
+            None => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    request_id,
+                    "cursor is invalid or does not belong to this filter",
+                )
+            }
+        },
+        Some(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                request_id,
+                "cursor must be a string",
+            )
+        }
+    };
+    let matching: Vec<Value> = {
+        let state = shared.state();
+        let zone = state.company_offset;
+        let mut matching: Vec<(DateTime<Utc>, Value)> = state
+            .scorecards
+            .iter()
+            .filter(|(reviewed, _)| {
+                let date = reviewed.with_timezone(&zone).date_naive();
+                from.as_ref().is_none_or(|(_, from)| date >= *from)
+                    && to.as_ref().is_none_or(|(_, to)| date < *to)
+            })
+            .cloned()
+            .collect();
+        matching.sort_by_key(|(reviewed, _)| *reviewed);
+        matching.into_iter().map(|(_, card)| card).collect()
+    };
+    if matching.is_empty() {
+        return error_response(StatusCode::NOT_FOUND, request_id, NO_SCORECARDS_FOUND);
+    }
+    let page_size = shared.page_size;
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(page_size)
+        .cloned()
+        .collect();
+    let records = page_records(matching.len(), offset, page.len(), page_size, fingerprint);
+    json_response(
+        StatusCode::OK,
+        &json!({"requestId": request_id, "records": records, "answeredScorecards": page}),
+    )
+}
+
+/// A user as `GET /v2/users` returns it (deterministic from the numeric `id`; the manager's id
+/// when given). Ids are strings, as Gong sends them for users.
+pub fn user_json(id: &str, manager_id: Option<&str>) -> Value {
+    let mut rng = Rng::for_call(id);
+    let first = *rng.pick(FIRST_NAMES);
+    let last = *rng.pick(LAST_NAMES);
+    json!({
+        "id": id,
+        "emailAddress": format!("{}.{}.{id}@example.com", first.to_lowercase(), last.to_lowercase()),
+        "created": "2023-05-04T09:12:33.123456-07:00",
+        "active": true,
+        "emailAliases": [],
+        "trustedEmailAddress": null,
+        "firstName": first,
+        "lastName": last,
+        "title": *rng.pick(&["Account Executive", "SDR", "Sales Manager", "Solutions Engineer"]),
+        "phoneNumber": format!("+1 555 {}", rng.digits(7)),
+        "extension": null,
+        "personalMeetingUrls": [],
+        "settings": {"webConferencesRecorded": true, "preventWebConferenceRecording": false,
+            "telephonyCallsImported": false, "emailsImported": true,
+            "preventEmailImport": false, "nonRecordedMeetingsImported": false,
+            "gongConnectEnabled": true},
+        "managerId": manager_id,
+        "meetingConsentPageUrl": null,
+        "spokenLanguages": [{"language": "en-US", "primary": true}],
+    })
+}
+
+/// An answered scorecard as `POST /v2/stats/activity/scorecards` returns it, its ids JSON
+/// numbers as Gong sends them, reviewed at `reviewed_at` (written with a `Z`), with an overall
+/// score question, a scored question, a text answer and one not applicable.
+pub fn answered_scorecard_json(
+    answered_scorecard_id: u64,
+    call_id: u64,
+    reviewed_user_id: u64,
+    reviewer_user_id: u64,
+    reviewed_at: DateTime<Utc>,
+) -> Value {
+    let mut rng = Rng(answered_scorecard_id ^ 0x2545_f491_4f6c_dd1d);
+    let started = reviewed_at - chrono::Duration::hours(1 + rng.below(48) as i64);
+    json!({
+        "answeredScorecardId": answered_scorecard_id,
+        "scorecardId": 4_321_000_000_000_000u64 + rng.below(3),
+        "scorecardName": *rng.pick(&["Discovery call", "Demo", "Negotiation"]),
+        "callId": call_id,
+        "callStartTime": started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "reviewedUserId": reviewed_user_id,
+        "reviewerUserId": reviewer_user_id,
+        "reviewTime": reviewed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "visibilityType": *rng.pick(&["PUBLIC", "PRIVATE", "OPT_IN_USERS"]),
+        "answers": [
+            {"questionId": 9_100_000_000_000_001u64, "questionRevisionId": 9_200_000_000_000_001u64,
+             "isOverall": true, "score": 1 + rng.below(5), "answerText": null,
+             "notApplicable": false, "selectedOptions": null},
+            {"questionId": 9_100_000_000_000_002u64, "questionRevisionId": 9_200_000_000_000_002u64,
+             "isOverall": false, "score": 1 + rng.below(5), "answerText": null,
+             "notApplicable": false, "selectedOptions": null},
+            {"questionId": 9_100_000_000_000_003u64, "questionRevisionId": 9_200_000_000_000_003u64,
+             "isOverall": false, "score": null, "answerText": "Clear next steps agreed.",
+             "notApplicable": false, "selectedOptions": [9_300_000_000_000_001u64]},
+            {"questionId": 9_100_000_000_000_004u64, "questionRevisionId": 9_200_000_000_000_004u64,
+             "isOverall": false, "score": null, "answerText": null,
+             "notApplicable": true, "selectedOptions": null},
+        ],
+    })
 }
 
 fn answer(shared: &Shared, endpoint: Endpoint, body: &[u8], request_id: &str) -> HttpResponse {
@@ -1377,6 +1712,113 @@ mod tests {
         assert!(stats.rate_violations >= 1, "{stats:?}");
         assert_eq!(stats.violations(), stats.rate_limited_sent);
         assert!(stats.admitted_today <= 6);
+    }
+
+    async fn get_users(double: &GongDouble, cursor: Option<&str>) -> (u16, Value) {
+        let mut url = format!("{}{}", double.base_url(), USERS_PATH);
+        if let Some(cursor) = cursor {
+            url = format!("{url}?cursor={cursor}");
+        }
+        let response = reqwest::Client::new()
+            .get(url)
+            .basic_auth(DEFAULT_ACCESS_KEY, Some(DEFAULT_ACCESS_KEY_SECRET))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn users_page_by_query_cursor_and_scorecards_filter_by_review_date() {
+        let double = GongDouble::start(GongDoubleConfig {
+            rate_per_second: 100,
+            page_size: 2,
+            ..GongDoubleConfig::default()
+        })
+        .await
+        .unwrap();
+        let (status, body) = get_users(&double, None).await;
+        assert_eq!(
+            (status, body["errors"][0].as_str()),
+            (404, Some(NO_USERS_FOUND))
+        );
+        double.add_users((1..=5).map(|id| user_json(&id.to_string(), None)));
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let (status, body) = get_users(&double, cursor.as_deref()).await;
+            assert_eq!(status, 200, "{body}");
+            for user in body["users"].as_array().unwrap() {
+                ids.push(user["id"].as_str().unwrap().to_string());
+            }
+            match body["records"]["cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(ids, ["1", "2", "3", "4", "5"]);
+        let (status, _, _) = post(&double, USERS_PATH, json!({}), true).await;
+        assert_eq!(status, 405, "users is a GET");
+        let (status, _) = get_users(&double, Some("bogus")).await;
+        assert_eq!(status, 400);
+
+        // Scorecards: reviewed 23:30 UTC on the 10th, the 11th in UTC+1.
+        let late = Utc.with_ymd_and_hms(2026, 3, 10, 23, 30, 0).unwrap();
+        let early = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+        assert_eq!(
+            double.add_answered_scorecards([
+                answered_scorecard_json(11, 101, 1, 2, late),
+                answered_scorecard_json(12, 102, 1, 2, early),
+                json!({"answeredScorecardId": 13}),
+            ]),
+            2
+        );
+        let filter =
+            |from: &str, to: &str| json!({"filter": {"reviewFromDate": from, "reviewToDate": to}});
+        let (status, _, body) = post(
+            &double,
+            SCORECARDS_PATH,
+            filter("2026-03-10", "2026-03-11"),
+            true,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let cards = body["answeredScorecards"].as_array().unwrap();
+        assert_eq!(cards.len(), 1);
+        assert!(cards[0]["answeredScorecardId"].is_u64(), "ids are numbers");
+        assert!(cards[0]["callId"].is_u64());
+        double.set_company_utc_offset(60);
+        let (status, _, body) = post(
+            &double,
+            SCORECARDS_PATH,
+            filter("2026-03-10", "2026-03-11"),
+            true,
+        )
+        .await;
+        assert_eq!(status, 404, "the 11th in the company's zone: {body}");
+        assert_eq!(body["errors"][0], NO_SCORECARDS_FOUND);
+        for bad in ["2026-3-10", "2026-03-10T00:00:00Z", "tomorrow"] {
+            let (status, _, _) =
+                post(&double, SCORECARDS_PATH, filter(bad, "2026-03-12"), true).await;
+            assert_eq!(status, 400, "{bad}");
+        }
+        let (status, _, body) = post(
+            &double,
+            SCORECARDS_PATH,
+            filter("2026-02-01", "2026-04-01"),
+            true,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["records"]["totalRecords"], 2);
+        assert!(body["records"].get("cursor").is_none());
+        let stats = double.stats();
+        assert_eq!(stats.requests_to(SCORECARDS_PATH), 6);
+        assert_eq!(stats.requests_to(USERS_PATH), 6);
     }
 
     #[tokio::test]

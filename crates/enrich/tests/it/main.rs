@@ -3,6 +3,7 @@
 mod support;
 
 mod enrichment;
+mod entities;
 mod faults;
 mod pacing;
 mod process;

@@ -191,7 +191,13 @@ async fn scorecards_reviewed_in_the_lookback_are_published_and_older_ones_not() 
         let id = event.answered_scorecard_id().expect("id").to_string();
         let sent = inside
             .iter()
-            .find(|json| json["answeredScorecardId"].to_string() == id)
+            .find(|json| {
+                json["answeredScorecardId"]
+                    .as_u64()
+                    .map(|sent| sent.to_string())
+                    .as_deref()
+                    == Some(id.as_str())
+            })
             .expect("a scorecard of the lookback");
         let parsed: AnsweredScorecard = serde_json::from_value(sent.clone()).unwrap();
         assert_eq!(event.event_id, EnrichedScorecard::new(parsed, now).event_id);

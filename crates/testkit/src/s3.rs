@@ -125,6 +125,20 @@ impl MotoServer {
         ]
     }
 
+    /// An `object_store` client for `bucket` on this server, as gong-load's S3 stage reaches it.
+    pub fn store(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_region(REGION)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .build()
+            .expect("an S3 client for the moto server")
+    }
+
     /// The server's log file.
     pub fn log_path(&self) -> &std::path::Path {
         self.log.path()

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use gong_testkit::s3::MotoServer;
 use gong_testkit::wait_until;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::ObjectStore;
 
@@ -22,18 +21,7 @@ async fn s3_stage_receives_complete_files() {
     harness.start_loader(&extra).await;
     publish_events(&harness.jetstream, 1, 3).await;
 
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        AmazonS3Builder::new()
-            .with_bucket_name("gong-stage")
-            .with_endpoint(moto.endpoint())
-            .with_allow_http(true)
-            .with_virtual_hosted_style_request(false)
-            .with_region(gong_testkit::s3::REGION)
-            .with_access_key_id(gong_testkit::s3::ACCESS_KEY)
-            .with_secret_access_key(gong_testkit::s3::SECRET_KEY)
-            .build()
-            .unwrap(),
-    );
+    let store: Arc<dyn ObjectStore> = Arc::new(moto.store("gong-stage"));
     let listing = wait_until(
         std::time::Duration::from_secs(60),
         "one object per table with rows on S3",
@@ -117,16 +105,7 @@ async fn a_file_over_two_parts_is_uploaded_in_parts_and_reads_back_whole() {
     harness.wait_all_acked().await;
     harness.stop_loader().await;
 
-    let store = AmazonS3Builder::new()
-        .with_bucket_name("gong-stage")
-        .with_endpoint(moto.endpoint())
-        .with_allow_http(true)
-        .with_virtual_hosted_style_request(false)
-        .with_region(gong_testkit::s3::REGION)
-        .with_access_key_id(gong_testkit::s3::ACCESS_KEY)
-        .with_secret_access_key(gong_testkit::s3::SECRET_KEY)
-        .build()
-        .unwrap();
+    let store = moto.store("gong-stage");
     let prefix = Path::from("big/call_transcript_sentences");
     let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
     assert_eq!(objects.len(), 1, "{objects:?}");

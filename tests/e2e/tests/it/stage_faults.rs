@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use gong_common::names;
 use gong_testkit::s3::MotoServer;
 use gong_testkit::NatsServer;
-use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 
 use crate::support::pipeline::{
@@ -229,18 +228,7 @@ async fn s3_endpoint_down_mid_load_is_retried_without_acks() {
             *value = proxy.endpoint();
         }
     }
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        AmazonS3Builder::new()
-            .with_bucket_name("gong-stage")
-            .with_endpoint(moto.endpoint())
-            .with_allow_http(true)
-            .with_virtual_hosted_style_request(false)
-            .with_region(gong_testkit::s3::REGION)
-            .with_access_key_id(gong_testkit::s3::ACCESS_KEY)
-            .with_secret_access_key(gong_testkit::s3::SECRET_KEY)
-            .build()
-            .expect("s3 client"),
-    );
+    let store: Arc<dyn ObjectStore> = Arc::new(moto.store("gong-stage"));
     let nats = NatsServer::start_new();
     let options = Options::new(
         nats.url(),

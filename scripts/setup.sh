@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what gong-pipeline needs on a fresh Debian/Ubuntu machine: nats-server and curl (Debian
-# packages) and, with --test, what the test suite runs besides cargo:
+# Installs what gong-pipeline needs on a fresh Debian/Ubuntu machine: nats-server, curl, and gcc
+# with libc6-dev when there is no `cc` (Debian packages) and, with --test, what the test suite
+# runs besides cargo:
 #   - Debian packages: wrk and procps (acceptance benchmark), prometheus and
 #     prometheus-alertmanager (promtool, amtool: alert unit tests), podman, runc and mmdebstrap
 #     (the container image and its smoke test), python3-venv when python3 cannot make a venv;
@@ -19,7 +20,8 @@ for arg in "$@"; do
     --test) want_test_tools=1 ;;
     -h|--help)
       echo "usage: scripts/setup.sh [--test]"
-      echo "  installs nats-server and curl (apt) when missing; --test also installs (apt) wrk, procps,"
+      echo "  installs nats-server, curl and a C compiler (gcc, libc6-dev) (apt) when missing;"
+      echo "  --test also installs (apt) wrk, procps,"
       echo "  prometheus, prometheus-alertmanager, podman, runc, mmdebstrap, and makes the Python venv"
       echo "  target/venv with scripts/requirements-test.txt (PyPI)"
       exit 0 ;;
@@ -63,6 +65,21 @@ if ! command -v curl >/dev/null 2>&1; then
   if ! command -v curl >/dev/null 2>&1; then
     echo "setup: curl is missing and could not be installed (scripts/run-local.sh and the" >&2
     echo "       benchmarks need it). Install it yourself (apt-get install curl) and run again." >&2
+    exit 1
+  fi
+fi
+# cargo links through `cc`, and build scripts (ring, aws-lc-sys, zstd-sys) compile C: rustup
+# installs neither, and a fresh Debian has no compiler.
+if ! command -v cc >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing a C compiler and linker (gcc, libc6-dev) from Debian packages"
+    as_root apt-get update -qq || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      gcc libc6-dev >/dev/null || true
+  fi
+  if ! command -v cc >/dev/null 2>&1; then
+    echo "setup: no C compiler (cc): cargo needs it to link and to build ring and aws-lc-sys." >&2
+    echo "       Install one yourself (apt-get install gcc libc6-dev) and run again." >&2
     exit 1
   fi
 fi

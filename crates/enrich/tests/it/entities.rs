@@ -341,7 +341,8 @@ async fn gong_failures_are_retried_with_backoff_and_never_exceed_the_quota() {
         ..GongDoubleConfig::default()
     })
     .await;
-    harness.gong.add_users(seeded_users(5));
+    // 6 pages: more than the 3 requests a second Gong allows, if they were not paced.
+    harness.gong.add_users(seeded_users(12));
     // One in-process retry: the first two fetches fail (500, 500 / 500, 429) and the job tries
     // again at its next ticks.
     harness.gong.set_fault(Fault::ServerError, 3);
@@ -362,7 +363,7 @@ async fn gong_failures_are_retried_with_backoff_and_never_exceed_the_quota() {
         |state| state.last_success_ms > 0,
     )
     .await;
-    assert_eq!(state.last_counts.injected, 5);
+    assert_eq!(state.last_counts.injected, 12);
     let stats = harness.gong.stats();
     assert_eq!(stats.faults_served, 4);
     assert_eq!(stats.violations(), 0, "{stats:?}");
@@ -370,7 +371,7 @@ async fn gong_failures_are_retried_with_backoff_and_never_exceed_the_quota() {
         on_subject(&harness, names::SUBJECT_ENRICHED_USER)
             .await
             .len(),
-        5
+        12
     );
     // The service kept running.
     assert!(!enricher.running.task.is_finished());

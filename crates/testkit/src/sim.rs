@@ -45,6 +45,44 @@ pub struct ServeArgs {
     /// How long a late transcript stays empty, from the start of the server.
     #[arg(long, default_value = "2h", value_parser = humantime_duration)]
     pub late_transcript_delay: std::time::Duration,
+    /// Users served by `GET /v2/users` (ids from `--users-first-id`; every user after the first
+    /// two reports to one of them).
+    #[arg(long, default_value_t = 0)]
+    pub users: u64,
+    /// First user id; ids count up from it.
+    #[arg(long, default_value_t = 234_000_000_000_000_000)]
+    pub users_first_id: u64,
+    /// Answered scorecards served by `POST /v2/stats/activity/scorecards`, reviewed evenly over
+    /// the last 6 days, of the history's calls (or of made-up call ids without a history), their
+    /// reviewers and reviewed users among `--users`.
+    #[arg(long, default_value_t = 0)]
+    pub scorecards: u64,
+}
+
+/// Seeds the users and answered scorecards `args` asks for.
+fn seed_people(double: &GongDouble, args: &ServeArgs) {
+    use crate::gong_double::{answered_scorecard_json, user_json};
+    let user = |n: u64| args.users_first_id + n % args.users.max(1);
+    let managers = [user(0), user(1)].map(|id| id.to_string());
+    double.add_users((0..args.users).map(|n| {
+        let manager = (n >= 2).then(|| managers[(n % 2) as usize].as_str());
+        user_json(&user(n).to_string(), manager)
+    }));
+    let now = chrono::Utc::now();
+    let step = chrono::Duration::days(6) / args.scorecards.max(1) as i32;
+    let call = |n: u64| match args.history_calls {
+        0 => 5_500_000_000_000_000_000 + n,
+        calls => args.history_first_id + n % calls,
+    };
+    double.add_answered_scorecards((0..args.scorecards).map(|n| {
+        answered_scorecard_json(
+            7_700_000_000_000_000 + n,
+            call(n),
+            user(n + 2),
+            user(n % 2),
+            now - step * (n + 1) as i32,
+        )
+    }));
 }
 
 fn humantime_duration(raw: &str) -> Result<std::time::Duration, String> {
@@ -67,12 +105,12 @@ fn humantime_duration(raw: &str) -> Result<std::time::Duration, String> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let double = GongDouble::start(GongDoubleConfig {
         addr: args.addr,
-        access_key: args.access_key,
-        access_key_secret: args.access_key_secret,
+        access_key: args.access_key.clone(),
+        access_key_secret: args.access_key_secret.clone(),
         rate_per_second: args.rate_per_second,
         daily_quota: args.daily_quota,
-        deleted_calls: args.deleted,
-        private_calls: args.private,
+        deleted_calls: args.deleted.clone(),
+        private_calls: args.private.clone(),
         ..GongDoubleConfig::default()
     })
     .await?;
@@ -93,10 +131,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
+    seed_people(&double, &args);
     println!(
-        "gong-sim serving the Gong API double on {} ({} calls in the history)",
+        "gong-sim serving the Gong API double on {} ({} calls in the history, {} users, {} answered scorecards)",
         double.base_url(),
-        double.history_len()
+        double.history_len(),
+        args.users,
+        args.scorecards
     );
     let stats_double = &double;
     let report = || {

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod analyst_data;
 mod chaos;
 mod cluster;
 mod fresh_cluster;

@@ -40,6 +40,9 @@ pub struct Options {
     pub enrich_replicas: usize,
     /// gong-load processes (1 unless set).
     pub load_replicas: usize,
+    /// Fills the Gong double before any stage starts (gong-enrich fetches users and answered
+    /// scorecards at start).
+    pub seed_gong: Option<fn(&GongDouble)>,
 }
 
 impl Options {
@@ -53,6 +56,7 @@ impl Options {
             extra: Vec::new(),
             enrich_replicas: 1,
             load_replicas: 1,
+            seed_gong: None,
         }
     }
 
@@ -107,6 +111,9 @@ impl Pipeline {
         })
         .await
         .expect("gong double");
+        if let Some(seed) = options.seed_gong {
+            seed(&gong);
+        }
         let common = [
             ("NATS_URL", options.nats_url.clone()),
             ("NATS_REQUEST_TIMEOUT", "2s".to_string()),

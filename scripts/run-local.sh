@@ -47,6 +47,16 @@ INGEST_PORT=${INGEST_PORT:-18080}
 ADMIN_INGEST=${ADMIN_INGEST:-19091}
 ADMIN_ENRICH=${ADMIN_ENRICH:-19092}
 ADMIN_LOAD=${ADMIN_LOAD:-19093}
+# A port already taken (another run-local.sh, a test suite) would let this run's processes die
+# while the other's answer /readyz and take the webhooks: refuse to start instead.
+for pair in NATS_PORT:$NATS_PORT SIM_PORT:$SIM_PORT INGEST_PORT:$INGEST_PORT \
+  ADMIN_INGEST:$ADMIN_INGEST ADMIN_ENRICH:$ADMIN_ENRICH ADMIN_LOAD:$ADMIN_LOAD; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/${pair#*:}") 2>/dev/null; then
+    echo "port ${pair#*:} on 127.0.0.1 is in use (another run-local.sh?): stop that, or choose" \
+      "another with ${pair%%:*}=<port>" >&2
+    exit 1
+  fi
+done
 if [ "$KEEP" -eq 0 ] && [ -d "$DIR" ]; then rm -rf "$DIR/nats" "$DIR/stage" "$DIR/logs"; fi
 mkdir -p "$DIR/nats" "$DIR/logs" "$DIR/stage"
 DIR_ABS=$(cd "$DIR" && pwd)
@@ -73,15 +83,22 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+declare -A PID_OF
 start() { # name, command...
   local name=$1; shift
   "$@" >"$DIR/logs/$name.log" 2>&1 &
   PIDS+=($!)
+  PID_OF[$name]=$!
   echo "    $name (pid $!, log $DIR/logs/$name.log)"
 }
 
-wait_ready() { # name, admin port
+wait_ready() { # name, admin port, pid
   for _ in $(seq 1 300); do
+    if ! kill -0 "$3" 2>/dev/null; then
+      echo "$1 exited; see $DIR/logs/$1.log" >&2
+      tail -20 "$DIR/logs/$1.log" >&2 || true
+      exit 1
+    fi
     if curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null 2>&1; then return 0; fi
     sleep 0.2
   done
@@ -109,9 +126,16 @@ start gong-enrich env ADMIN_ADDR="127.0.0.1:$ADMIN_ENRICH" GONG_API_BASE_URL="ht
   "$BIN/gong-enrich"
 start gong-load env ADMIN_ADDR="127.0.0.1:$ADMIN_LOAD" STAGE_URL="file://$STAGE" LOAD_FLUSH_MAX_AGE=5s \
   "$BIN/gong-load"
-wait_ready gong-ingest "$ADMIN_INGEST"
-wait_ready gong-enrich "$ADMIN_ENRICH"
-wait_ready gong-load "$ADMIN_LOAD"
+wait_ready gong-ingest "$ADMIN_INGEST" "${PID_OF[gong-ingest]}"
+wait_ready gong-enrich "$ADMIN_ENRICH" "${PID_OF[gong-enrich]}"
+wait_ready gong-load "$ADMIN_LOAD" "${PID_OF[gong-load]}"
+for name in nats-server gong-sim; do
+  if ! kill -0 "${PID_OF[$name]}" 2>/dev/null; then
+    echo "$name exited; see $DIR/logs/$name.log" >&2
+    tail -20 "$DIR/logs/$name.log" >&2 || true
+    exit 1
+  fi
+done
 
 staged_calls() {
   local n

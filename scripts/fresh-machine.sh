@@ -116,11 +116,17 @@ podman exec "$NAME" bash -euo pipefail -c '
   echo "fresh: $(cargo --version), $(rustc --version)"
 '
 
+# The container shares the host's network: run-local.sh's fixed ports moved away from their
+# defaults, which a run of scripts/test.sh on the host may hold at the same time.
+PORTS=(-e NATS_PORT=24222 -e SIM_PORT=28090 -e INGEST_PORT=28080
+  -e ADMIN_INGEST=29091 -e ADMIN_ENRICH=29092 -e ADMIN_LOAD=29093)
+
 results=()
 run_step() { # label, command (run by bash in /src/gong-pipeline)
   local label=$1 command=$2 started=$SECONDS status=0
   say "=== $label: $command"
-  podman exec -w /src/gong-pipeline "$NAME" nice -n 15 bash -c "$command" || status=$?
+  podman exec -w /src/gong-pipeline "${PORTS[@]}" "$NAME" nice -n 15 bash -c "$command" \
+    || status=$?
   local took=$((SECONDS - started))
   results+=("$(printf '%-16s exit %-3s %3d min %02d s  %s' "$label" "$status" \
     $((took / 60)) $((took % 60)) "$command")")

@@ -19,6 +19,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use crate::support::first_call_id;
 use crate::support::pipeline::{poll, Options, Pipeline, StageTarget};
 use crate::support::sender::{call_ids, Sender};
+use crate::support::stage::local_files;
 
 /// More users than one page of the double (100), so the job follows the cursor.
 const USERS: u64 = 130;
@@ -66,37 +67,26 @@ fn seed(gong: &GongDouble) {
 /// Every value of `column` (as text; null as "") in `table`'s files on a local stage.
 fn column(stage: &Path, table: &str, column: &str) -> Vec<String> {
     let mut values = Vec::new();
-    let mut pending = vec![stage.join(table)];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+    for (path, _) in local_files(&stage.join(table)) {
+        if path.extension().and_then(|ext| ext.to_str()) != Some("parquet") {
             continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-                continue;
-            }
-            if path.extension().and_then(|ext| ext.to_str()) != Some("parquet") {
-                continue;
-            }
-            let bytes = bytes::Bytes::from(std::fs::read(&path).expect("read staged file"));
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .and_then(|builder| builder.build())
-                .expect("a readable parquet file");
-            for batch in reader {
-                let batch = batch.expect("a readable batch");
-                let array = batch
-                    .column_by_name(column)
-                    .unwrap_or_else(|| panic!("{table} has no column {column}"));
-                let text = arrow::compute::cast(array, &DataType::Utf8).expect("cast to text");
-                let text = text.as_any().downcast_ref::<StringArray>().unwrap();
-                for row in 0..text.len() {
-                    values.push(match text.is_null(row) {
-                        true => String::new(),
-                        false => text.value(row).to_string(),
-                    });
-                }
+        }
+        let bytes = bytes::Bytes::from(std::fs::read(&path).expect("read staged file"));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|builder| builder.build())
+            .expect("a readable parquet file");
+        for batch in reader {
+            let batch = batch.expect("a readable batch");
+            let array = batch
+                .column_by_name(column)
+                .unwrap_or_else(|| panic!("{table} has no column {column}"));
+            let text = arrow::compute::cast(array, &DataType::Utf8).expect("cast to text");
+            let text = text.as_any().downcast_ref::<StringArray>().unwrap();
+            for row in 0..text.len() {
+                values.push(match text.is_null(row) {
+                    true => String::new(),
+                    false => text.value(row).to_string(),
+                });
             }
         }
     }

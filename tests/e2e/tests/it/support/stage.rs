@@ -162,7 +162,7 @@ pub fn read_local(root: &Path) -> Staged {
 
 /// Every file below `root` (a missing or unreadable directory: none), with its path relative to
 /// `root`.
-fn local_files(root: &Path) -> Vec<(PathBuf, String)> {
+pub fn local_files(root: &Path) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {

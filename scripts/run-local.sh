@@ -115,8 +115,10 @@ ACCESS_SECRET=local-demo-secret
 
 echo "==> starting"
 start nats-server "$NATS" -c "$DIR/nats.conf"
+# The simulated company also has users and answered scorecards, which gong-enrich fetches at
+# start (the users and answered_scorecards tables).
 start gong-sim "$BIN/gong-sim" serve --addr "127.0.0.1:$SIM_PORT" \
-  --access-key "$ACCESS_KEY" --access-key-secret "$ACCESS_SECRET"
+  --access-key "$ACCESS_KEY" --access-key-secret "$ACCESS_SECRET" --users 25 --scorecards 40
 start gong-ingest env INGEST_ADDR="127.0.0.1:$INGEST_PORT" ADMIN_ADDR="127.0.0.1:$ADMIN_INGEST" \
   GONG_WEBHOOK_SECRETS="$(cat crates/testkit/keys/rule_a.pub.pem)" \
   GONG_WEBHOOK_URL="http://127.0.0.1:$INGEST_PORT/webhooks/gong" \
@@ -160,6 +162,21 @@ for _ in $(seq 1 600); do
 done
 if [ "$staged" -lt "$WANT" ]; then
   echo "only $(( staged - BEFORE )) of $COUNT calls staged; logs in $DIR/logs" >&2
+  exit 1
+fi
+# Users and answered scorecards (fetched at start) are on the stage too.
+table_rows() {
+  local n
+  n=$("$BIN/gong-load" inspect "$STAGE" --summary --json 2>/dev/null \
+    | sed -n "s/.*\"$1\":{\"files\":[0-9]*,\"rows\":\([0-9]*\)}.*/\1/p")
+  echo "${n:-0}"
+}
+for _ in $(seq 1 120); do
+  if [ "$(table_rows users)" -gt 0 ] && [ "$(table_rows answered_scorecards)" -gt 0 ]; then break; fi
+  sleep 0.5
+done
+if [ "$(table_rows users)" -eq 0 ] || [ "$(table_rows answered_scorecards)" -eq 0 ]; then
+  echo "users or answered scorecards never staged; logs in $DIR/logs" >&2
   exit 1
 fi
 

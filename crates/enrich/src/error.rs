@@ -79,8 +79,9 @@ pub enum EnrichError {
     /// The index of calls seen (`gong_calls_seen`) could not be read.
     #[error("sweep: cannot read the index of calls seen: {0}")]
     SeenIndex(#[source] async_nats::Error),
-    /// The sweep's checkpoint (`gong_sweep`) could not be read or written.
-    #[error("sweep: checkpoint: {0}")]
+    /// A checkpoint register (the sweep's `gong_sweep`, an entity job's `gong_job_users` or
+    /// `gong_job_scorecards`) could not be read or written.
+    #[error("checkpoint: {0}")]
     Checkpoint(#[source] gong_common::register::RegisterError),
     /// Another process took the sweep lease (or wrote the checkpoint) while this one swept: it
     /// goes on from the checkpoint; this one stops.

@@ -214,3 +214,85 @@ async fn a_loader_shutting_down_flushes_then_hands_the_lease_over_at_once() {
     harness.wait_all_acked().await;
     assert_staged_once_in_disjoint_ranges(&harness, 12);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_shutting_down_gives_back_the_messages_it_fetched_but_had_not_batched() {
+    let moto = gong_testkit::s3::MotoServer::start();
+    moto.create_bucket("gong-stage");
+    let upstream: std::net::SocketAddr = moto
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto's address");
+    let proxy = gong_testkit::proxy::Proxy::start(upstream).await;
+    let harness = crate::support::Harness::new().await;
+    // One event per range; an ack wait (2 minutes) beyond every wait below; the lease passes
+    // only by release.
+    let mut common: Vec<(String, String)> = moto.env();
+    common.extend(
+        [
+            ("STAGE_URL", "s3://gong-stage/pipeline/v1"),
+            ("LOAD_FLUSH_MAX_ROWS", "1"),
+            ("LOAD_ACK_WAIT", "120s"),
+            ("LOAD_LEASE_TTL", "1h"),
+            ("LOAD_SHUTDOWN_GRACE", "2s"),
+        ]
+        .map(|(var, value)| (var.to_string(), value.to_string())),
+    );
+    // The first loader reaches S3 through the proxy, the standby directly.
+    let mut through_proxy = common.clone();
+    through_proxy.retain(|(var, _)| var != "AWS_ENDPOINT_URL");
+    through_proxy.push(("AWS_ENDPOINT_URL".into(), proxy.endpoint()));
+    let first_env: Vec<(&str, &str)> = through_proxy
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let second_env: Vec<(&str, &str)> = common
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let first = harness.spawn_loader_process(&first_env).await;
+    wait_until(TIMEOUT, "the first loader to hold the lease", || async {
+        (metric_value(first.admin_addr, "gong_load_lease_active").await? == 1.0).then_some(())
+    })
+    .await;
+    let second = harness.spawn_loader_process(&second_env).await;
+
+    // S3 unreachable for the first loader: its first flush hangs in its upload, and the
+    // events after it are fetched (delivered, ack pending) but not taken.
+    proxy.down();
+    publish_events(&harness.jetstream, 1, 6).await;
+    wait_until(
+        TIMEOUT,
+        "six events delivered to the first loader",
+        || async {
+            let info = crate::support::load_consumer_info(&harness.jetstream).await?;
+            (info.num_ack_pending == 6 && info.num_pending == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        metric_value(first.admin_addr, "gong_load_open_batch_events").await,
+        Some(0.0),
+        "the first event's batch is in its flush, the others are not batched"
+    );
+    first.stop().await;
+
+    // The standby takes the released lease and stages all six long before their ack wait:
+    // the fetched ones were given back, the flushing one handed back.
+    wait_until(
+        TIMEOUT,
+        "the standby to take the released lease",
+        || async {
+            (metric_value(second.admin_addr, "gong_load_lease_active").await? == 1.0).then_some(())
+        },
+    )
+    .await;
+    harness.wait_all_acked().await;
+    second.stop().await;
+    let store: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(moto.store("gong-stage"));
+    let prefix = object_store::path::Path::from("pipeline/v1/calls");
+    let calls: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+    assert_eq!(calls.len(), 6, "one calls file per event: {calls:?}");
+}

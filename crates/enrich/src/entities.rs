@@ -315,17 +315,8 @@ async fn fetch(
             match ctx.jetstream.send_publish(job.subject(), message).await {
                 Ok(ack) => pending.push((event_id, size, ack)),
                 Err(err) => {
-                    let source = PublishError::from_nats(size, err);
-                    if source.is_permanent() {
-                        too_large(job, &event_id, &source);
-                        summary.skipped += 1;
-                        continue;
-                    }
-                    return Err(EnrichError::PublishEntity {
-                        job: job.name(),
-                        event_id,
-                        source,
-                    });
+                    skip_too_large(job, event_id, PublishError::from_nats(size, err))?;
+                    summary.skipped += 1;
                 }
             }
         }
@@ -334,17 +325,8 @@ async fn fetch(
             match ack.await {
                 Ok(_) => page_published += 1,
                 Err(err) => {
-                    let source = PublishError::from_nats(size, err);
-                    if source.is_permanent() {
-                        too_large(job, &event_id, &source);
-                        summary.skipped += 1;
-                        continue;
-                    }
-                    return Err(EnrichError::PublishEntity {
-                        job: job.name(),
-                        event_id,
-                        source,
-                    });
+                    skip_too_large(job, event_id, PublishError::from_nats(size, err))?;
+                    summary.skipped += 1;
                 }
             }
         }
@@ -368,7 +350,16 @@ async fn fetch(
     }
 }
 
-fn too_large(job: Job, event_id: &str, error: &PublishError) {
+/// A publish failure of one entity event: one that can never succeed (too large) is logged and
+/// counted as skipped (`Ok`); any other fails the fetch, which is tried again.
+fn skip_too_large(job: Job, event_id: String, error: PublishError) -> Result<(), EnrichError> {
+    if !error.is_permanent() {
+        return Err(EnrichError::PublishEntity {
+            job: job.name(),
+            event_id,
+            source: error,
+        });
+    }
     metrics::entities(job.name(), "skipped", 1);
     tracing::error!(
         job = job.name(),
@@ -376,6 +367,7 @@ fn too_large(job: Job, event_id: &str, error: &PublishError) {
         %error,
         "entity event too large to publish; skipped (raise the stream's max message size)"
     );
+    Ok(())
 }
 
 fn endpoint(job: Job) -> crate::error::Endpoint {

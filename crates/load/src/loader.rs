@@ -364,13 +364,9 @@ impl Loader {
         loop {
             let deadline = self.batch.as_ref().map(|batch| batch.deadline);
             tokio::select! {
-                _ = self.shutdown.cancelled() => {
-                    give_back_fetched(&self.ctx, &mut messages).await;
-                    return Ok(Interruption::Shutdown);
-                }
+                _ = self.shutdown.cancelled() => return Ok(Interruption::Shutdown),
                 changed = lease.changed() => {
                     if changed.is_err() || *lease.borrow() != LeaseState::Active {
-                        give_back_fetched(&self.ctx, &mut messages).await;
                         return Ok(Interruption::LeaseLost);
                     }
                 }
@@ -698,24 +694,6 @@ async fn ack_all(ctx: &Ctx, held: &[jetstream::Message]) {
 async fn abandon_held(ctx: &Ctx, held: &[jetstream::Message]) {
     for message in held {
         nak(ctx, message).await;
-    }
-}
-
-/// Gives back (nak) the messages the pull stream has already fetched but this loader has not
-/// taken: when it stops consuming (shutdown, lease lost) they would otherwise stay ack-pending
-/// for the whole `LOAD_ACK_WAIT` before the next lease holder could load them.
-async fn give_back_fetched(ctx: &Ctx, messages: &mut pull::Stream) {
-    use futures::FutureExt;
-    let mut given_back = 0usize;
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        nak(ctx, &message).await;
-        given_back += 1;
-    }
-    if given_back > 0 {
-        tracing::info!(
-            messages = given_back,
-            "fetched messages given back for the next holder"
-        );
     }
 }
 
